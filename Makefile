@@ -1,0 +1,46 @@
+# pibridge developer entry points. `make demo` and `make test` are the README's two commands.
+# PY: the interpreter for the project venv (Python 3.11: jax + torch CPU wheel live side by side there).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU-only torch wheel is a Makefile/CI choice, not a package requirement (pyproject pins no torch version).
+TORCH_PIN ?= torch==2.13.0
+OPENPI_SRC ?=
+
+.PHONY: setup test test-all demo goldens bench clean help
+
+help:
+	@echo "make setup    create $(VENV) (Python 3.11) with pibridge[all] and the CPU torch wheel"
+	@echo "make test     the whole gate (what CI runs)"
+	@echo "make demo     synthetic tiny pi05 checkpoint -> inspect (offline)"
+	@echo "make goldens  OPENPI_SRC=path/to/openpi: regenerate goldens, validated against OpenPI's own model code"
+	@echo "make bench    full-size benchmarks (minutes, ~15 GB disk)"
+
+$(BIN)/pibridge: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)" -e ".[all]"
+	@touch $@
+
+setup: $(BIN)/pibridge
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ""
+
+demo: setup
+	rm -rf demo-out && mkdir -p demo-out
+	$(BIN)/pibridge synth --variant tiny-pi05 --profile pi05_droid --asset-id droid demo-out/ckpt
+	$(BIN)/pibridge inspect demo-out/ckpt --no-leaves
+
+goldens: setup
+	@test -n "$(OPENPI_SRC)" || { echo "set OPENPI_SRC=path/to/openpi checkout" >&2; exit 2; }
+	@echo "goldens arrive with the parity harness (issue 5)"; exit 2
+
+bench: setup
+	$(BIN)/python bench/synth_full.py
+
+clean:
+	rm -rf demo-out .pytest_cache build *.egg-info
