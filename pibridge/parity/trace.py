@@ -1,0 +1,86 @@
+"""Trace files: the stages one stack recorded, as one safetensors file (fp32 tensors) plus JSON metadata.
+
+Tensors: `<stage>` (float32) and, where a stage has a validity mask, `<stage>@valid` (uint8, broadcastable
+to the stage). `__metadata__["pibridge_trace"]` holds a JSON object: format version, stage order, per-stage
+wall time, and whatever the capture recorded (stack, precision, package versions, checkpoint and observation
+fingerprints, profile, fixes). Numpy only, so `parity compare` runs anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pibridge.errors import PibridgeError
+
+TRACE_FORMAT = 1
+MASK_SUFFIX = "@valid"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    value: np.ndarray  # float32
+    valid: np.ndarray | None = None  # bool, broadcastable to value
+    wall_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Trace:
+    stages: dict[str, Stage]  # execution order
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.stages)
+
+
+def write_trace(path: Path, stages: list[Stage], meta: dict) -> None:
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for s in stages:
+        if s.name in tensors:
+            raise ValueError(f"stage {s.name!r} recorded twice")
+        tensors[s.name] = np.ascontiguousarray(s.value, dtype=np.float32)
+        if s.valid is not None:
+            np.broadcast_shapes(s.valid.shape, s.value.shape)  # raises if not broadcastable
+            tensors[s.name + MASK_SUFFIX] = np.ascontiguousarray(s.valid, dtype=np.uint8)
+    header = dict(meta, format=TRACE_FORMAT, order=[s.name for s in stages],
+                  wall_s={s.name: s.wall_s for s in stages if s.wall_s is not None})
+    save_file(tensors, str(path), metadata={"pibridge_trace": json.dumps(header)})
+
+
+def read_trace(path: Path) -> Trace:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PibridgeError(f"trace file {path} not found", "a .safetensors trace written by `pibridge parity capture`",
+                            "check the path or capture the trace again")
+    try:
+        with safe_open(str(path), "np") as f:
+            raw_meta = (f.metadata() or {}).get("pibridge_trace")
+        tensors = load_file(str(path))
+        header = json.loads(raw_meta) if raw_meta else None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PibridgeError(f"trace file {path} is unreadable or corrupted ({err})",
+                            "a safetensors trace written by `pibridge parity capture`", "capture it again") from None
+    if not header or header.get("format") != TRACE_FORMAT:
+        raise PibridgeError(f"{path} is not a pibridge trace (format {header and header.get('format')})",
+                            f"trace format {TRACE_FORMAT}", "capture it again with this pibridge version")
+    stages = {}
+    for name in header["order"]:
+        if name not in tensors:
+            raise PibridgeError(f"trace {path} lists stage {name!r} but holds no tensor for it", "a complete trace",
+                                "capture it again")
+        valid = tensors.get(name + MASK_SUFFIX)
+        stages[name] = Stage(name, tensors[name], None if valid is None else valid.astype(bool),
+                             header.get("wall_s", {}).get(name))
+    meta = {k: v for k, v in header.items() if k not in ("order", "wall_s")}
+    return Trace(stages, meta)
