@@ -1,0 +1,85 @@
+"""Named compatibility shims over the installed transformers release (the only place that looks at versions
+or API shapes). Supported: transformers 4.53 ... 5.24 (see configs when the version matrix lands).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from functools import cache
+
+import torch
+
+
+@cache
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+@cache
+def attention_cache_kwarg() -> str:
+    """Name of GemmaAttention.forward's KV-cache argument: past_key_value (<= 4.55), past_key_values, cache (>= 5.24)."""
+    from transformers.models.gemma.modeling_gemma import GemmaAttention
+
+    params = inspect.signature(GemmaAttention.forward).parameters
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if name in params:
+            return name
+    raise RuntimeError(f"transformers {transformers_version()}: GemmaAttention.forward takes no KV-cache argument")
+
+
+def image_features(paligemma_model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """PaliGemmaModel.get_image_features: a tensor (4.x) or BaseModelOutputWithPooling with .pooler_output (5.x)."""
+    out = paligemma_model.get_image_features(pixel_values)
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def siglip_core(vision_tower):
+    """The module holding embeddings / encoder / post_layernorm: .vision_model up to 5.5, the tower itself from 5.6."""
+    return getattr(vision_tower, "vision_model", vision_tower)
+
+
+def text_embedding_is_scaled(embed_tokens) -> bool:
+    """From 5.4 the sqrt(hidden) text scale lives in GemmaTextScaledWordEmbedding (buffer embed_scale)."""
+    return hasattr(embed_tokens, "embed_scale")
+
+
+def rope_inv_freq(theta: float, head_dim: int) -> torch.Tensor:
+    """fp32 inverse frequencies 1 / theta^(2i/H), i < H/2, as every release computes them (openpi gemma.py:424-440)."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def rope_theta(config) -> float:
+    """4.x: config.rope_theta; 5.x: config.rope_parameters["rope_theta"]."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    return float(getattr(config, "rope_theta", 10000.0))
+
+
+def materialize_buffers(root: torch.nn.Module) -> None:
+    """Fill the non-persistent buffers a meta-device build left empty (they are not in any checkpoint)."""
+    for mod_name, module in root.named_modules():
+        for buf_name, buf in list(module.named_buffers(recurse=False)):
+            if buf is None or buf.device.type != "meta":
+                continue
+            if buf_name in ("inv_freq", "original_inv_freq"):
+                value = rope_inv_freq(rope_theta(module.config), _head_dim(module.config))
+            elif buf_name == "embed_scale":
+                value = torch.tensor(float(module.scalar_embed_scale))
+            elif buf_name == "position_ids":
+                value = torch.arange(buf.shape[-1]).expand(buf.shape).contiguous()
+            else:
+                raise RuntimeError(f"transformers {transformers_version()}: unknown buffer {mod_name}.{buf_name}; "
+                                   "pibridge does not know how to initialise it (new release? see compat.py)")
+            module.register_buffer(buf_name, value.to(buf.dtype), persistent=False)
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def sqrt_width(width: int) -> float:
+    return math.sqrt(width)
