@@ -1,0 +1,115 @@
+"""Public runtime fixes for a loaded pi0 / pi05 torch policy: pibridge's torch stack or a real LeRobot
+PI05Policy / PI0Policy (same module names: `<policy>.model.paligemma_with_expert...`). Each function is idempotent,
+returns how many places it changed, and is listed by id in configs/fixes.json.
+
+    from pibridge.parity.runtime_fixes import apply_runtime_fixes
+    apply_runtime_fixes(policy, runtime_dtype="bfloat16")        # after from_pretrained
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+
+from pibridge.parity.torch_stack import compat
+
+
+def _pwe(policy) -> torch.nn.Module:
+    model = getattr(policy, "model", policy)
+    return getattr(model, "paligemma_with_expert", model)
+
+
+def restore_rope_inv_freq(policy) -> int:
+    """Recompute every rotary `inv_freq` (and `original_inv_freq`) in fp32: `.to(bfloat16)` rounded them."""
+    n = 0
+    for module in policy.modules():
+        if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "config"):
+            exact = compat.rope_inv_freq(compat.rope_theta(module.config), compat._head_dim(module.config))
+            for name in ("inv_freq", "original_inv_freq"):
+                buf = getattr(module, name, None)
+                if isinstance(buf, torch.Tensor) and (buf.dtype != torch.float32 or not torch.equal(buf.cpu(), exact)):
+                    module.register_buffer(name, exact.to(buf.device), persistent=False)
+                    n += 1
+    return n
+
+
+def bypass_image_feature_division(policy) -> int:
+    """transformers <= 5.3: make get_image_features return the projector output undivided (exact, no
+    multiply-back rounding): projector(vision_tower(x).last_hidden_state)."""
+    pg_model = _pwe(policy).paligemma.model
+    if getattr(pg_model.get_image_features, "_pibridge_fix", False):
+        return 0
+    original = pg_model.get_image_features
+
+    def get_image_features(self, pixel_values, **kwargs):
+        out = original(pixel_values, **kwargs)
+        if isinstance(out, torch.Tensor):  # 4.x: a tensor; recompute from the tower
+            return self.multi_modal_projector(self.vision_tower(pixel_values).last_hidden_state)
+        out.pooler_output = self.multi_modal_projector(out.last_hidden_state)
+        return out
+
+    get_image_features._pibridge_fix = True
+    pg_model.get_image_features = types.MethodType(get_image_features, pg_model)
+    return 1
+
+
+def scale_text_embeddings(policy) -> int:
+    """transformers <= 5.3: embed_tokens returns unscaled rows; scale by sqrt(hidden) cast to the table dtype,
+    as OpenPI does (gemma.py:150: `x *= jnp.sqrt(self.embed_dim).astype(x.dtype)`)."""
+    emb = _pwe(policy).paligemma.model.language_model.embed_tokens
+    if compat.text_embedding_is_scaled(emb) or getattr(emb, "_pibridge_fix", False):
+        return 0
+    factor = math.sqrt(emb.embedding_dim)
+    original_forward = emb.forward
+
+    def forward(ids):
+        out = original_forward(ids)
+        return out * torch.tensor(factor, dtype=emb.weight.dtype)
+
+    emb.forward = forward
+    emb._pibridge_fix = True
+    return 1
+
+
+def undo_double_scaling(policy) -> int:
+    """LeRobot 0.5.x on transformers >= 5.4: it multiplies by sqrt(hidden) what transformers already scales.
+    Make the module scale 1 and pre-divide the image features, so LeRobot 0.5's own multiply yields one scale."""
+    pwe = _pwe(policy)
+    emb = pwe.paligemma.model.language_model.embed_tokens
+    n = 0
+    if compat.text_embedding_is_scaled(emb) and float(emb.embed_scale) != 1.0:
+        emb.embed_scale.fill_(1.0)
+        n += 1
+    pg_model = pwe.paligemma.model
+    if not getattr(pg_model.get_image_features, "_pibridge_fix", False):
+        original = pg_model.get_image_features
+        hidden = pwe.paligemma.config.text_config.hidden_size
+
+        def get_image_features(self, pixel_values, **kwargs):
+            out = original(pixel_values, **kwargs)
+            out.pooler_output = out.pooler_output / hidden ** 0.5
+            return out
+
+        get_image_features._pibridge_fix = True
+        pg_model.get_image_features = types.MethodType(get_image_features, pg_model)
+        n += 1
+    return n
+
+
+FIX_FUNCTIONS = {f.__name__: f for f in (restore_rope_inv_freq, bypass_image_feature_division,
+                                         scale_text_embeddings, undo_double_scaling)}
+
+
+def apply_runtime_fixes(policy, *, runtime_dtype: str, lerobot_version: str = "0.6.1",
+                        transformers_version: str | None = None) -> dict[str, int]:
+    """Apply every runtime fix that configs/fixes.json lists for this runtime. Returns {fix id: places changed}."""
+    from pibridge.convert.fixtable import applicable_fixes
+
+    tv = transformers_version or compat.transformers_version()
+    done = {}
+    for fix in applicable_fixes(tv, lerobot_version, runtime_dtype):
+        if fix.kind == "runtime" and fix.function:
+            done[fix.id] = FIX_FUNCTIONS[fix.function](policy)
+    return done
