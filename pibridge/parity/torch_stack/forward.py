@@ -170,9 +170,11 @@ def sample_actions(policy: TorchPolicy, inputs: ModelInputs, noise: np.ndarray, 
     tokens = torch.from_numpy(inputs.tokens).long()
     tok_mask = torch.from_numpy(inputs.token_mask)
     state = torch.from_numpy(inputs.state)
-    for name, v in ((st.INPUT_IMAGE, images), (st.INPUT_IMAGE_MASK, img_mask), (st.INPUT_TOKENS, tokens),
-                    (st.INPUT_TOKEN_MASK, tok_mask), (st.INPUT_STATE, state)):
-        rec(name, v.float())
+    rec(st.INPUT_IMAGE, images, img_mask[:, :, None, None, None])
+    rec(st.INPUT_IMAGE_MASK, img_mask.float())
+    rec(st.INPUT_TOKENS, tokens.float(), tok_mask)
+    rec(st.INPUT_TOKEN_MASK, tok_mask.float())
+    rec(st.INPUT_STATE, state)
     B, C = img_mask.shape
     img_tokens = embed_images(policy, images, rec, img_mask, semantics)
     n_img = img_tokens.shape[1] // C
