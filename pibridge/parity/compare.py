@@ -18,7 +18,8 @@ import numpy as np
 
 from pibridge.configs import CONFIG_DIR
 from pibridge.errors import PibridgeError
-from pibridge.parity.trace import Stage, Trace
+from pibridge.parity.stages import Stage
+from pibridge.parity.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,15 @@ def stage_metrics(a: Stage, b: Stage) -> Metrics | str:
 
 def _judge(name: str, a: Stage, b: Stage, rule: Rule | None, skip_reason: str | None) -> StageResult:
     if skip_reason:
-        return StageResult(name, "skipped", None, rule, skip_reason, a.wall_s, b.wall_s)
+        return StageResult(name, "skipped", None, rule, skip_reason, a.seconds, b.seconds)
     m = stage_metrics(a, b)
     if isinstance(m, str):
         status = "shape-mismatch" if m.startswith("shape") else "nonfinite" if m.startswith("non") else "empty"
-        return StageResult(name, status, None, rule, m, a.wall_s, b.wall_s)
+        return StageResult(name, status, None, rule, m, a.seconds, b.seconds)
     if rule is None:
-        return StageResult(name, "no-rule", m, None, "no tolerance rule matches this stage", a.wall_s, b.wall_s)
+        return StageResult(name, "no-rule", m, None, "no tolerance rule matches this stage", a.seconds, b.seconds)
     ok = m.max_abs <= rule.max_abs and m.cosine >= rule.min_cosine
-    return StageResult(name, "pass" if ok else "fail", m, rule, "", a.wall_s, b.wall_s)
+    return StageResult(name, "pass" if ok else "fail", m, rule, "", a.seconds, b.seconds)
 
 
 def comparison_precision(a: Trace, b: Trace) -> str:

@@ -15,17 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from pibridge.errors import PibridgeError
+from pibridge.parity.stages import Stage, StageRecorder
 
 TRACE_FORMAT = 1
 MASK_SUFFIX = "@valid"
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    value: np.ndarray  # float32
-    valid: np.ndarray | None = None  # bool, broadcastable to value
-    wall_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -38,10 +31,11 @@ class Trace:
         return list(self.stages)
 
 
-def write_trace(path: Path, stages: list[Stage], meta: dict) -> None:
+def write_trace(path: Path, stages: StageRecorder | list[Stage], meta: dict) -> None:
     from safetensors.numpy import save_file
 
     tensors: dict[str, np.ndarray] = {}
+    stages = list(stages)
     for s in stages:
         if s.name in tensors:
             raise ValueError(f"stage {s.name!r} recorded twice")
@@ -50,7 +44,7 @@ def write_trace(path: Path, stages: list[Stage], meta: dict) -> None:
             np.broadcast_shapes(s.valid.shape, s.value.shape)  # raises if not broadcastable
             tensors[s.name + MASK_SUFFIX] = np.ascontiguousarray(s.valid, dtype=np.uint8)
     header = dict(meta, format=TRACE_FORMAT, order=[s.name for s in stages],
-                  wall_s={s.name: s.wall_s for s in stages if s.wall_s is not None})
+                  wall_s={s.name: s.seconds for s in stages})
     save_file(tensors, str(path), metadata={"pibridge_trace": json.dumps(header)})
 
 
@@ -81,6 +75,6 @@ def read_trace(path: Path) -> Trace:
                                 "capture it again")
         valid = tensors.get(name + MASK_SUFFIX)
         stages[name] = Stage(name, tensors[name], None if valid is None else valid.astype(bool),
-                             header.get("wall_s", {}).get(name))
+                             float(header.get("wall_s", {}).get(name, 0.0)))
     meta = {k: v for k, v in header.items() if k not in ("order", "wall_s")}
     return Trace(stages, meta)
