@@ -1,0 +1,179 @@
+"""`pibridge inspect CKPT`: variant, sizes, leaf table and norm stats of an OpenPI checkpoint, from metadata only.
+
+The variant is the known variant (configs/variants) whose OpenPI tree (tree.openpi_tree_shapes) has exactly
+the checkpoint's leaf paths and shapes; otherwise "unknown", with the differences to the closest one.
+Never decided from a path or directory name. The model family and sizes also come from detect.detect
+when the tree allows (it reads them from the role leaves' shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pibridge.configs import load_variant, variant_names
+from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
+from pibridge.convert.tree import openpi_tree_shapes
+from pibridge.errors import PibridgeError
+
+TreePath = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VariantMatch:
+    variant: str  # a known variant name, or "unknown"
+    closest: str | None  # for "unknown": the variant with the fewest differences
+    differences: tuple[str, ...]  # for "unknown": missing / extra / reshaped leaves against `closest`
+
+
+@dataclass(frozen=True)
+class Report:
+    checkpoint: str
+    params_dir: str
+    layout: str
+    variant: VariantMatch
+    model: str | None  # pi0 / pi05 from detect.detect
+    sizes: dict | None  # from detect.detect: widths / depths / heads
+    detect_error: str | None
+    n_leaves: int
+    n_params: int
+    stored_bytes: int
+    disk_bytes: int
+    dtypes: dict  # dtype -> {"leaves": n, "params": n}
+    leaves: list  # [{"path", "shape", "dtype", "bytes", "chunks"}]
+    norm_stats: list  # [{"asset_id", "keys": {key: {"dim", "fields"}}} | {"asset_id", "error"}]
+    synth: dict | None
+
+
+def match_variant(shapes: dict[TreePath, tuple[int, ...]]) -> VariantMatch:
+    """Exact match against every known variant's tree; otherwise the closest one and the differences."""
+    best: tuple[int, str, list[str]] | None = None
+    for name in variant_names():
+        diffs = tree_differences(shapes, openpi_tree_shapes(load_variant(name)))
+        if not diffs:
+            return VariantMatch(name, None, ())
+        if best is None or len(diffs) < best[0]:
+            best = (len(diffs), name, diffs)
+    assert best is not None
+    return VariantMatch("unknown", best[1], tuple(best[2]))
+
+
+def tree_differences(found: dict[TreePath, tuple[int, ...]], expected: dict[TreePath, tuple[int, ...]]) -> list[str]:
+    out = [f"missing {'/'.join(p)} {s}" for p, s in expected.items() if p not in found]
+    out += [f"extra {'/'.join(p)} {s}" for p, s in found.items() if p not in expected]
+    out += [f"shape {'/'.join(p)} {tuple(found[p])} (expected {s})" for p, s in expected.items()
+            if p in found and tuple(found[p]) != s]
+    return out
+
+
+def inspect_checkpoint(ckpt: Path | str) -> Report:
+    ck = open_checkpoint(ckpt)
+    shapes = {p: i.shape for p, i in ck.leaves.items()}
+    model, sizes, derr = _detect(shapes)
+    dtypes: dict[str, dict[str, int]] = {}
+    for info in ck.leaves.values():
+        d = dtypes.setdefault(info.dtype, {"leaves": 0, "params": 0})
+        d["leaves"] += 1
+        d["params"] += math.prod(info.shape)
+    leaves = [{"path": "/".join(p), "shape": list(i.shape), "dtype": i.dtype, "bytes": i.nbytes, "chunks": list(i.chunks)}
+              for p, i in ck.leaves.items()]
+    return Report(str(ck.root), str(ck.params_dir), ck.layout, match_variant(shapes), model, sizes, derr,
+                  len(leaves), ck.n_params, sum(i.nbytes for i in ck.leaves.values()), _disk_bytes(ck.params_dir),
+                  dtypes, leaves, _norm_stats_summary(ck), ck.synth_record)
+
+
+def _detect(shapes) -> tuple[str | None, dict | None, str | None]:
+    try:
+        from pibridge.convert.detect import detect
+
+        found = detect(shapes)
+    except PibridgeError as err:
+        return None, None, err.found
+    v = found.variant
+    sizes = {"variant": v.name, "paligemma": asdict(v.paligemma), "action_expert": asdict(v.action_expert),
+             "siglip": asdict(v.siglip), "vocab_size": v.vocab_size, "action_dim": v.action_dim}
+    return found.model, sizes, None
+
+
+def _disk_bytes(directory: Path) -> int:
+    total = 0
+    for base, _, files in os.walk(directory):
+        total += sum(os.path.getsize(os.path.join(base, f)) for f in files)
+    return total
+
+
+def _norm_stats_summary(ck: OpenPICheckpoint) -> list[dict]:
+    out = []
+    for asset_id in ck.asset_ids:
+        try:
+            stats = ck.norm_stats(asset_id)
+        except PibridgeError as err:
+            out.append({"asset_id": asset_id, "error": err.found})
+            continue
+        keys = {k: {"dim": s.dim, "fields": [f for f in ("mean", "std", "q01", "q99") if getattr(s, f) is not None]}
+                for k, s in stats.items()}
+        out.append({"asset_id": asset_id, "keys": keys})
+    return out
+
+
+def inspect_command(ckpt: Path, *, as_json: bool, show_leaves: bool) -> Report:
+    report = inspect_checkpoint(ckpt)
+    if as_json:
+        doc = asdict(report)
+        if not show_leaves:
+            doc.pop("leaves")
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_rich(report, show_leaves)
+    return report
+
+
+def _print_rich(r: Report, show_leaves: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console(highlight=False, soft_wrap=True)
+    if not c.is_terminal:  # piped: do not truncate leaf paths to 80 columns
+        c = Console(highlight=False, soft_wrap=True, width=160)
+    c.print(f"[bold]{r.checkpoint}[/]  ({r.layout} layout, params in {r.params_dir})")
+    if r.variant.variant != "unknown":
+        c.print(f"variant: [bold green]{r.variant.variant}[/]" + (f"  model {r.model}" if r.model else ""))
+    else:
+        c.print(f"variant: [bold red]unknown[/] ({len(r.variant.differences)} differences to {r.variant.closest}"
+                + (f"; detected model {r.model}, sizes {r.sizes['variant']}" if r.model else "") + ")")
+        for line in r.variant.differences[:20]:
+            c.print(f"  {line}")
+        if len(r.variant.differences) > 20:
+            c.print(f"  ... and {len(r.variant.differences) - 20} more (--json lists all)")
+    if r.detect_error:
+        c.print(f"detect: {r.detect_error}")
+    dt = ", ".join(f"{k} ({v['leaves']} leaves, {v['params']:,} params)" for k, v in r.dtypes.items())
+    c.print(f"{r.n_leaves} leaves, {r.n_params:,} params; stored {r.stored_bytes / 1e9:.3f} GB, "
+            f"on disk {r.disk_bytes / 1e9:.3f} GB; dtypes: {dt}")
+    if show_leaves:
+        t = Table(box=None, pad_edge=False)
+        t.add_column("path", no_wrap=True)
+        for name in ("shape", "dtype", "bytes"):
+            t.add_column(name, justify="right" if name == "bytes" else "left")
+        for leaf in r.leaves:
+            t.add_row(leaf["path"], str(tuple(leaf["shape"])), leaf["dtype"], f"{leaf['bytes']:,}")
+        c.print(t)
+    _print_norm_stats(c, r.norm_stats)
+    if r.synth:
+        s = r.synth
+        c.print(f"synthetic (pibridge synth): {s.get('variant')} seed {s.get('seed')} {s.get('dtype')}, "
+                f"fingerprint {s.get('fingerprint')}")
+
+
+def _print_norm_stats(c, entries: list[dict]) -> None:
+    if not entries:
+        c.print("norm stats: none (no assets/<asset_id>/norm_stats.json)")
+    for e in entries:
+        if "error" in e:
+            c.print(f"norm stats {e['asset_id']}: [red]{e['error']}[/]")
+            continue
+        keys = ", ".join(f"{k} dim {v['dim']} ({'/'.join(v['fields'])})" for k, v in e["keys"].items())
+        c.print(f"norm stats {e['asset_id']}: {keys}")
