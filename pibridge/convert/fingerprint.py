@@ -1,8 +1,10 @@
-"""Fingerprint of a parameter tree: sha256 over the leaves in canonical (sorted path) order.
+"""Fingerprint of a parameter tree, independent of the order leaves are visited in.
 
-For each leaf: the line "<a/b/c path>|<dtype name>|<d0,d1,...>\\n" (path without the "params" root and
-without a trailing "value", so released and training layouts of the same weights agree), then the
-leaf's raw little-endian bytes in C order. Written as "sha256:<hex>".
+Per leaf: sha256 of its raw little-endian bytes in C order (fed in one piece or in C-order blocks). The
+fingerprint is sha256 over the sorted lines "<a/b/c path>|<dtype name>|<d0,d1,...>|<leaf sha256 hex>\\n"
+(path without the "params" root and without a trailing "value", so released and training layouts of the
+same weights agree). Written as "sha256:<hex>". Order independence lets the converter fingerprint its
+source while it streams leaves in plan order.
 """
 
 from __future__ import annotations
@@ -16,21 +18,34 @@ Path = tuple[str, ...]
 
 class Fingerprint:
     def __init__(self) -> None:
-        self._h = hashlib.sha256()
+        self._lines: dict[str, str] = {}
+        self._current: tuple[str, hashlib._Hash] | None = None
 
     def begin_leaf(self, path: Path, dtype: str, shape: tuple[int, ...]) -> None:
-        self._h.update(f"{'/'.join(path)}|{dtype}|{','.join(str(d) for d in shape)}\n".encode())
+        self._end_leaf()
+        self._current = (f"{'/'.join(path)}|{dtype}|{','.join(str(d) for d in shape)}", hashlib.sha256())
 
     def update(self, block: np.ndarray) -> None:
         """Bytes of the next C-order piece of the current leaf."""
         block = np.ascontiguousarray(block)
         if block.dtype.byteorder == ">":
             block = block.astype(block.dtype.newbyteorder("<"))
-        self._h.update(block.reshape(-1).view(np.uint8).data)  # (...) -> (nbytes,)
+        self._current[1].update(block.reshape(-1).view(np.uint8).data)  # (...) -> (nbytes,)
 
     def add(self, path: Path, array: np.ndarray) -> None:
         self.begin_leaf(path, array.dtype.name, tuple(array.shape))
         self.update(array)
+        self._end_leaf()
+
+    def _end_leaf(self) -> None:
+        if self._current is not None:
+            head, h = self._current
+            self._lines[head.split("|", 1)[0]] = f"{head}|{h.hexdigest()}\n"
+            self._current = None
 
     def hexdigest(self) -> str:
-        return "sha256:" + self._h.hexdigest()
+        self._end_leaf()
+        total = hashlib.sha256()
+        for path in sorted(self._lines):
+            total.update(self._lines[path].encode())
+        return "sha256:" + total.hexdigest()
