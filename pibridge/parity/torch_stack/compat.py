@@ -83,3 +83,14 @@ def _head_dim(config) -> int:
 
 def sqrt_width(width: int) -> float:
     return math.sqrt(width)
+
+
+VISION_MODEL = ".vision_tower.vision_model."
+
+
+def adapt_vision_keys(keys, flat_tower: bool) -> dict[str, str]:
+    """{file key: module key}: SigLIP keys carry `vision_model.` up to transformers 5.5 and not from 5.6
+    (SiglipVisionTransformer merged into SiglipVisionModel). Renames only that segment, both ways."""
+    if flat_tower:
+        return {k: k.replace(VISION_MODEL, ".vision_tower.") for k in keys}
+    return {k: k.replace(".vision_tower.", VISION_MODEL) if VISION_MODEL not in k else k for k in keys}

@@ -157,6 +157,10 @@ def load_policy(out_dir: Path, variant: Variant, runtime_dtype: str) -> TorchPol
     with torch.device("meta"):
         policy = TorchPolicy(variant)
     mapped = mmap_safetensors(weights_path)
+    flat = not hasattr(policy.model.paligemma_with_expert.paligemma.model.vision_tower, "vision_model")
+    renames = compat.adapt_vision_keys(mapped.tensors, flat)
+    mapped = MappedWeights({renames[k]: v for k, v in mapped.tensors.items()}, mapped.mapping)
+    policy.vision_keys_renamed = sum(k != v for k, v in renames.items())
     expected = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in mapped.tensors.items()}
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())

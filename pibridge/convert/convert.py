@@ -1,0 +1,317 @@
+"""`pibridge convert`: an OpenPI checkpoint becomes a LeRobot policy directory.
+
+Edges: the reader (one leaf at a time) and the atomic output directory. Between them the pure core:
+detect -> profile -> plan (key table, accounting) -> stream tensors into ONE model.safetensors, then
+config.json, processors, normalizer files, optional tokenizer and the provenance file `pibridge.json`
+(LeRobot rejects unknown config.json fields, so provenance lives in its own file).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pibridge import __version__
+from pibridge.convert.atomic import atomic_output_dir, check_output_target, recover_stale
+from pibridge.convert.detect import Detection, detect
+from pibridge.convert.fingerprint import Fingerprint
+from pibridge.convert.fixtable import applicable_fixes, parse_version
+from pibridge.convert.lerobot_config import build_config_json, lerobot_target
+from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
+from pibridge.convert.lerobot_processors import build_processor_jsons
+from pibridge.convert.plan import ConversionPlan, iter_tensors, plan_conversion
+from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
+from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
+from pibridge.convert.safetensors_writer import SafetensorsWriter, spec
+from pibridge.errors import PibridgeError
+
+PROVENANCE_FILE = "pibridge.json"
+LEROBOT_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+NORM_MODES = {"zscore": "MEAN_STD", "quantile": "QUANTILES"}
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    ckpt: Path
+    out: Path
+    profile: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)  # profile field -> flag value (None: not given)
+    camera_map: str | None = None
+    empty_cameras: tuple[str, ...] = ()
+    lerobot_version: str = "0.6.1"
+    transformers_version: str | None = None
+    weights_dtype: str = "float32"
+    runtime_dtype: str = "float32"
+    asset_id: str | None = None
+    tokenizer: Path | None = None
+    fold_norm_eps: bool = False
+    allow_tiny: bool = False
+    allow_nonfinite: bool = False
+    dry_run: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Everything decided before any byte is written."""
+
+    ckpt: OpenPICheckpoint
+    detection: Detection
+    profile: Profile
+    camera_names: tuple[str, ...]  # LeRobot names of the non-empty slots, OpenPI slot order
+    empty_slots: tuple[str, ...]
+    transformers_version: str
+    plan: ConversionPlan
+
+
+def resolve(req: ConvertRequest) -> Resolved:
+    ckpt = open_checkpoint(req.ckpt)
+    _check_out_not_inside(req.out, ckpt.root)
+    det = detect(ckpt.leaves)
+    if det.variant.name not in ("pi0", "pi05") and not req.allow_tiny:
+        raise PibridgeError(
+            f"the checkpoint has sizes LeRobot cannot build ({det.variant.paligemma.variant} + "
+            f"{det.variant.action_expert.variant}, SigLIP width {det.variant.siglip.width})",
+            "PaliGemma gemma_2b + action expert gemma_300m + SigLIP So400m/14 (PI05Config / PI0Config accept only these)",
+            "convert a full-size checkpoint, or pass --allow-tiny for test models (LeRobot needs a config patch for them)")
+    profile = _profile(req, det)
+    names, empty = _cameras(profile, req.camera_map, req.empty_cameras)
+    target = lerobot_target(req.lerobot_version, det.model)
+    tv = req.transformers_version or target.transformers_default
+    parse_version(tv, "transformers")
+    plan = plan_conversion(ckpt.leaves, transformers_version=tv, weights_dtype=req.weights_dtype, detection=det)
+    plan.accounting.require_complete(f"converting {req.ckpt}")
+    return Resolved(ckpt, det, profile, names, empty, tv, plan)
+
+
+def _check_out_not_inside(out: Path, ckpt_root: Path) -> None:
+    o, c = Path(out).resolve(), Path(ckpt_root).resolve()
+    if o == c or c in o.parents:
+        raise PibridgeError(f"output {out} is inside the checkpoint {ckpt_root}", "an output outside the checkpoint",
+                            "choose an output directory elsewhere")
+
+
+def _profile(req: ConvertRequest, det: Detection) -> Profile:
+    if req.profile is None:
+        raise PibridgeError(
+            f"no --profile given for this {det.model} checkpoint",
+            f"a profile naming the OpenPI config it was trained with: {', '.join(profile_names())}",
+            f"pass --profile (e.g. {det.model}_droid), or --profile {det.model}_base for OpenPI's Pi0Config defaults "
+            "plus --state-dim / --action-dim / --camera-map")
+    profile = load_profile(req.profile).with_overrides(**req.overrides)
+    profile.check_model(det.model == "pi05")
+    for name in ("state_dim", "action_dim"):
+        profile.require(name)
+    return profile
+
+
+def _cameras(profile: Profile, camera_map: str | None, empty: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """LeRobot camera names per non-empty slot (slot order) and the empty slots. Fails loudly: a wrong name
+    makes LeRobot fill that camera with a masked blank image without a word (lerobot.md 4.1)."""
+    mapping: dict[str, str | None] = {}
+    if camera_map:
+        slots = [item.partition("=")[0].strip() for item in camera_map.split(",") if item.strip()]
+        twice = sorted({s for s in slots if slots.count(s) > 1})
+        if twice:
+            raise PibridgeError(f"slot(s) {', '.join(twice)} given twice in --camera-map", "each OpenPI slot at most once",
+                                "give one LeRobot camera name per slot")
+        mapping = parse_camera_map(camera_map)
+    bad = sorted(set(mapping) - set(SLOTS)) + sorted(set(empty) - set(SLOTS))
+    if bad:
+        raise PibridgeError(f"unknown OpenPI image slot(s) {', '.join(bad)}", f"slots {', '.join(SLOTS)}",
+                            "name OpenPI slots on the left of '=' in --camera-map and in --empty-cameras")
+    base = {c.slot: c for c in profile.cameras} if profile.cameras else {}
+    names, empties = [], []
+    for slot in SLOTS:
+        profile_empty = base[slot].empty if slot in base else None
+        if slot in empty or (slot in mapping and mapping[slot] is None):
+            empties.append(slot)
+        elif slot in mapping:
+            if profile_empty:
+                raise PibridgeError(f"--camera-map gives a camera for {slot}, which profile {profile.name!r} keeps empty",
+                                    "the slots the policy was trained with", f"drop {slot} from --camera-map")
+            names.append(mapping[slot])
+        elif profile_empty:
+            empties.append(slot)
+        else:
+            hint = f" (the robot key {base[slot].source!r} of the profile is not a LeRobot camera name)" if slot in base else ""
+            raise PibridgeError(f"no LeRobot camera name for slot {slot}{hint}",
+                                "--camera-map SLOT=NAME for every slot the policy uses, or --empty-cameras SLOT",
+                                f"e.g. --camera-map {slot}=top_head (your dataset's observation.images.<NAME>)")
+    odd = [n for n in names if not LEROBOT_NAME.fullmatch(n)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if odd or dup:
+        raise PibridgeError(f"camera names {odd + dup} are {'invalid' if odd else 'used twice'}",
+                            "distinct names of letters, digits, '_' or '-' (the part after observation.images.)",
+                            "fix --camera-map")
+    if not names:
+        raise PibridgeError("every camera slot is empty", "at least one camera", "map a slot with --camera-map")
+    return tuple(names), tuple(empties)
+
+
+def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | None) -> dict[str, Any]:
+    """config.json, processor JSONs and normalizer states: small, computed before the big write."""
+    p, model = r.profile, r.detection.model
+    stats = r.ckpt.norm_stats(req.asset_id or _profile_asset(r))
+    _check_stats(stats, p)
+    config = build_config_json(
+        req.lerobot_version, model=model, horizon=p.action_horizon, max_token_len=p.max_token_len,
+        state_dim=p.state_dim, action_dim=p.action_dim, camera_names=r.camera_names, empty_cameras=len(r.empty_slots),
+        runtime_dtype=req.runtime_dtype, paligemma_variant=r.detection.variant.paligemma.variant,
+        action_expert_variant=r.detection.variant.action_expert.variant,
+        normalization_mapping={"VISUAL": "IDENTITY", "STATE": NORM_MODES[p.norm], "ACTION": NORM_MODES[p.norm]},
+        allow_unknown_variants=req.allow_tiny)
+    kw = {"tokenizer_name": tokenizer_name} if tokenizer_name else {}
+    pre, post = build_processor_jsons(req.lerobot_version, config, **kw)
+    prompt = "openpi-state" if model == "pi05" else "openpi-pi0"
+    if model == "pi05" and not p.discrete_state_input:
+        # OpenPI's pi0-format prompt (no state) for pi05_libero-style configs (tokenizer.py:14-48):
+        # LeRobot's pi05 chain always builds "Task: ..., State: ...;" so swap in its pi0 newline step.
+        pre["steps"] = [{"registry_name": "pi0_new_line_processor", "config": {}}
+                        if s["registry_name"] == "pi05_prepare_state_tokenizer_processor_step" else s
+                        for s in pre["steps"]]
+        prompt = "openpi-no-state"
+    states = build_normalizer_states(stats, state_dim=p.state_dim, action_dim=p.action_dim, fold_eps=req.fold_norm_eps)
+    return {"config": config, "pre": pre, "post": post, "states": states, "prompt": prompt}
+
+
+def _profile_asset(r: Resolved) -> str | None:
+    return r.profile.asset_id if r.profile.asset_id in r.ckpt.asset_ids else None
+
+
+def _check_stats(stats, p: Profile) -> None:
+    for key, s in stats.items():
+        for name in ("mean", "std", "q01", "q99"):
+            v = getattr(s, name)
+            if v is not None and not np.isfinite(np.asarray(v, np.float64)).all():
+                raise PibridgeError(f"norm stats {key}.{name} contain NaN or Inf", "finite statistics",
+                                    "recompute norm stats (OpenPI scripts/compute_norm_stats.py)")
+        if p.norm == "quantile" and (s.q01 is None or s.q99 is None):
+            raise PibridgeError(f"norm stats {key} have no q01/q99", "quantiles for a quantile-normalized policy",
+                                "recompute norm stats with quantiles")
+        if s.q01 is not None and s.q99 is not None and (np.asarray(s.q01) > np.asarray(s.q99)).any():
+            raise PibridgeError(f"norm stats {key}: q01 > q99 in some dims", "q01 <= q99", "recompute norm stats")
+
+
+def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
+    """Run a conversion (or a dry run). Returns the provenance record (None for a dry run)."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    out = Path(req.out)
+    recover_stale(out.absolute())
+    r = resolve(req)
+    if req.dry_run:
+        _print_audit(r, console)
+        return None
+    check_output_target(out.absolute(), req.force)
+    final_tok = (out.absolute() / "tokenizer") if req.tokenizer else None
+    side = build_side_files(r, req, str(final_tok) if final_tok else None)
+    with atomic_output_dir(out, force=req.force) as tmp:
+        fingerprint = _write_weights(r, tmp / "model.safetensors", req.allow_nonfinite, console)
+        _write_json(tmp / "config.json", side["config"], indent=4)
+        _write_json(tmp / "policy_preprocessor.json", side["pre"], indent=2)
+        _write_json(tmp / "policy_postprocessor.json", side["post"], indent=2)
+        target = lerobot_target(req.lerobot_version, r.detection.model)
+        write_normalizer_files(tmp, side["states"], target.normalizer_step, target.unnormalizer_step)
+        if req.tokenizer:
+            _write_tokenizer(Path(req.tokenizer), tmp / "tokenizer")
+        record = _provenance(r, req, side, fingerprint)
+        _write_json(tmp / PROVENANCE_FILE, record, indent=2)
+    console.print(f"[green]wrote[/] {out} ({r.plan.total_bytes() / 1e9:.2f} GB of weights, "
+                  f"{len(r.plan.tensors)} tensors) for LeRobot {req.lerobot_version} / transformers {r.transformers_version}")
+    return record
+
+
+def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, console) -> str:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    fp = Fingerprint()
+
+    def read(leaf_path):
+        arr = r.ckpt.read(leaf_path)
+        fp.add(leaf_path, arr)
+        if not allow_nonfinite and not np.isfinite(arr).all():
+            raise PibridgeError(f"leaf {'/'.join(leaf_path)} contains NaN or Inf", "finite weights",
+                                "check the training run; pass --allow-nonfinite to convert anyway")
+        return arr
+
+    specs = [spec(t.key, np.dtype(t.dtype) if t.dtype == "float32" else _bf16(), t.shape) for t in r.plan.tensors]
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar, \
+            SafetensorsWriter(path, specs, {"format": "pt"}) as writer:
+        task = bar.add_task("model.safetensors", total=r.plan.total_bytes())
+        for (t, x), s in zip(iter_tensors(r.plan, read), specs):
+            writer.write(t.key, x)
+            del x
+            bar.advance(task, s.nbytes)
+    return fp.hexdigest()
+
+
+def _bf16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _write_json(path: Path, obj: Any, indent: int) -> None:
+    path.write_text(json.dumps(obj, indent=indent) + "\n")
+
+
+def _write_tokenizer(spm: Path, dest: Path) -> None:
+    """The SentencePiece model plus the config transformers' AutoTokenizer needs to build a Gemma tokenizer
+    from a local directory (LeRobot's TokenizerProcessorStep calls AutoTokenizer.from_pretrained(name))."""
+    from pibridge.parity.tokenizer import load_tokenizer
+
+    load_tokenizer(spm)  # validates: a SentencePiece model with Gemma's special ids
+    dest.mkdir()
+    shutil.copyfile(spm, dest / "tokenizer.model")
+    _write_json(dest / "tokenizer_config.json", {
+        "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "padding_side": "right", "model_max_length": 1000000}, indent=2)
+
+
+def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) -> dict[str, Any]:
+    fixes = applicable_fixes(r.transformers_version, req.lerobot_version, req.runtime_dtype)
+    return {
+        "pibridge_version": __version__,
+        "source": {"path": str(Path(req.ckpt).resolve()), "layout": r.ckpt.layout, "fingerprint": fingerprint,
+                   "synth": r.ckpt.synth_record, "asset_ids": r.ckpt.asset_ids},
+        "model": r.detection.model, "variant": r.detection.variant.name,
+        "profile": r.profile.to_dict(), "camera_names": list(r.camera_names), "empty_slots": list(r.empty_slots),
+        "prompt_format": side["prompt"],
+        "target": {"lerobot_version": req.lerobot_version, "transformers_version": r.transformers_version,
+                   "weights_dtype": req.weights_dtype, "runtime_dtype": req.runtime_dtype},
+        "folds": list(side["states"].folds), "fold_inexact_elements": side["states"].inexact,
+        "runtime_fixes_needed": [f.id for f in fixes if f.kind == "runtime"],
+        "layout_fixes": [f.id for f in fixes if f.kind == "layout"],
+        "tensors": len(r.plan.tensors), "weights_bytes": r.plan.total_bytes(),
+    }
+
+
+def _print_audit(r: Resolved, console) -> None:
+    width = max(len(t.key) for t in r.plan.tensors)
+    for t in r.plan.tensors:
+        console.print(t.audit_line(width), markup=False, highlight=False, soft_wrap=True)
+    a = r.plan.accounting
+    console.print(f"{r.detection.model} ({r.detection.variant.name}), {len(r.plan.tensors)} tensors, "
+                  f"{r.plan.total_bytes() / 1e9:.2f} GB, transformers key layout {r.transformers_version}; "
+                  f"ignored sources: {len(a.ignored_sources)}, synthesized: {len(a.synthesized)}; "
+                  f"cameras {dict(zip([s for s in SLOTS if s not in r.empty_slots], r.camera_names))}, "
+                  f"empty {list(r.empty_slots)}", markup=False, highlight=False)
+
+
+def load_provenance(out: Path) -> dict[str, Any]:
+    p = Path(out) / PROVENANCE_FILE
+    if not p.is_file():
+        raise PibridgeError(f"{out} has no {PROVENANCE_FILE}", "a directory written by `pibridge convert`",
+                            "convert the checkpoint with pibridge first")
+    return json.loads(p.read_text())
