@@ -1,0 +1,143 @@
+"""Full-size `pibridge convert` benchmark, ratios against baselines measured in the same run.
+
+For each stored dtype (pi05 float32, pi05 bfloat16 by default):
+  1. synth the checkpoint (not timed here; see bench/synth_full.py),
+  2. I/O floor: in a child process, read every leaf once with tensorstore (pibridge's reader) and write the
+     same number of output bytes as the conversion writes, with plain sequential writes,
+  3. `pibridge convert --dry-run` (metadata only) in a child process,
+  4. `pibridge convert` in a child process (wall time, peak RSS from os.wait4),
+  5. where it fits in RAM: the naive way (read the whole tree, convert in memory, safetensors save_file),
+then checks the output's key set / shapes / dtypes against LeRobot's reference listing and deletes everything.
+Targets (issue 4): convert wall <= 1.3 x I/O floor; peak RSS <= 2.2 x largest stored leaf + 0.5 GB.
+
+    .venv/bin/python bench/convert_full.py [--workdir /work/bench-tmp] [--runs pi05:float32,pi05:bfloat16] [--naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synth_full import disk_bytes, run_measured  # noqa: E402
+
+PY = sys.executable
+CLI = [PY, "-m", "pibridge.cli"]
+CAMS = "--camera-map", "base_0_rgb=base,left_wrist_0_rgb=wrist"
+
+IO_FLOOR = r"""
+import sys, time, numpy as np
+from pibridge.convert.reader import open_checkpoint
+ck = open_checkpoint(sys.argv[1]); total = int(sys.argv[3]); t0 = time.perf_counter(); written = 0
+with open(sys.argv[2], "wb", buffering=0) as f:
+    for path in ck.leaves:
+        arr = ck.read(path)
+        share = min(total - written, arr.nbytes * total // max(ck_bytes, 1)) if (ck_bytes := sum(i.nbytes for i in ck.leaves.values())) else 0
+        buf = arr.reshape(-1).view(np.uint8)
+        while share > 0:  # plain writes of as many bytes as this leaf's share of the output
+            n = min(share, buf.size); f.write(buf[:n].data); share -= n; written += n
+        del arr, buf
+    pad = np.zeros(1 << 26, np.uint8)
+    while written < total:
+        n = min(total - written, pad.size); f.write(pad[:n].data); written += n
+print(time.perf_counter() - t0)
+"""
+
+NAIVE = r"""
+import sys, numpy as np
+from safetensors.numpy import save_file
+from pibridge.convert.reader import open_checkpoint
+from pibridge.convert.plan import convert_tree
+ck = open_checkpoint(sys.argv[1])
+tree = {p: ck.read(p) for p in ck.leaves}
+_, out = convert_tree(tree, transformers_version="5.5.4", weights_dtype=sys.argv[3])
+del tree
+save_file(out, sys.argv[2], metadata={"format": "pt"})
+"""
+
+
+def check_against_reference(out: Path, model: str, weights_dtype: str) -> str:
+    from safetensors import safe_open
+
+    ref = {}
+    for line in Path(f"/work/shared/reference/lerobot_{model}_state_dict.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            k, shape, dt = line.split("\t")
+            ref[k] = (shape.replace(" ", ""), dt if weights_dtype == "bfloat16" else "float32")
+    got = {}
+    with safe_open(str(out / "model.safetensors"), "np") as f:
+        for k in f.keys():
+            sl = f.get_slice(k)
+            got[k] = (str(tuple(sl.get_shape())).replace(" ", ""), {"F32": "float32", "BF16": "bfloat16"}[sl.get_dtype()])
+    bad = sorted(k for k in ref.keys() | got.keys() if ref.get(k) != got.get(k))
+    return f"{len(got)} keys, {'identical to' if not bad else f'{len(bad)} differ from'} the reference listing" + \
+        (f" (e.g. {bad[:3]})" if bad else "")
+
+
+def bench(model: str, stored: str, work: Path, naive: bool) -> dict:
+    ck, out, floor_file = work / f"{model}-{stored}", work / f"{model}-{stored}-out", work / "floor.bin"
+    subprocess.run(CLI + ["synth", str(ck), "--variant", model, "--dtype", stored, "--profile", f"{model}_droid",
+                          "--asset-id", "droid"], check=True, stdout=subprocess.DEVNULL)
+    from pibridge.convert.reader import open_checkpoint
+
+    leaves = open_checkpoint(ck).leaves
+    largest = max(i.nbytes for i in leaves.values())
+    row = {"model": model, "stored": stored, "stored_bytes": sum(i.nbytes for i in leaves.values()),
+           "largest_leaf_bytes": largest, "ckpt_disk": disk_bytes(ck)}
+    for weights in (["float32"] if stored == "float32" else ["bfloat16"]):
+        args = CLI + ["convert", str(ck), str(out), "--profile", f"{model}_droid", *CAMS, "--weights-dtype", weights,
+                      "--runtime-dtype", weights]
+        row["dry_run_s"], _, _ = run_measured(args + ["--dry-run"])
+        wall, rss, _ = run_measured(args)
+        out_bytes = os.path.getsize(out / "model.safetensors")
+        row.update(weights_dtype=weights, convert_s=wall, convert_peak_rss=rss, out_bytes=out_bytes,
+                   reference=check_against_reference(out, model, weights))
+        shutil.rmtree(out)
+        floor_wall, floor_rss, printed = run_measured([PY, "-c", IO_FLOOR, str(ck), str(floor_file), str(out_bytes)])
+        floor_file.unlink()
+        row.update(io_floor_s=floor_wall, io_floor_peak_rss=floor_rss)
+        row["time_ratio"] = wall / floor_wall
+        row["rss_budget"] = 2.2 * largest + 0.5e9
+        row["rss_ratio_to_budget"] = rss / row["rss_budget"]
+        if naive:
+            try:
+                nwall, nrss, _ = run_measured([PY, "-c", NAIVE, str(ck), str(floor_file), weights])
+                row.update(naive_s=nwall, naive_peak_rss=nrss)
+            except RuntimeError as err:
+                row["naive"] = f"failed: {str(err)[-200:]}"
+            floor_file.unlink(missing_ok=True)
+    shutil.rmtree(ck)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="/work/bench-tmp")
+    ap.add_argument("--runs", default="pi05:float32,pi05:bfloat16")
+    ap.add_argument("--naive", action="store_true", help="also time restore-everything-then-save (needs RAM)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "convert_full.json"))
+    a = ap.parse_args()
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in a.runs.split(","):
+        model, stored = run.split(":")
+        t0 = time.time()
+        rows.append(bench(model, stored, work, a.naive))
+        r = rows[-1]
+        print(f"{model} stored {stored} -> {r['weights_dtype']}: convert {r['convert_s']:.1f} s vs I/O floor "
+              f"{r['io_floor_s']:.1f} s (x{r['time_ratio']:.2f}, target <= 1.3); peak RSS {r['convert_peak_rss'] / 1e9:.2f} GB "
+              f"vs budget {r['rss_budget'] / 1e9:.2f} GB (x{r['rss_ratio_to_budget']:.2f}); dry-run {r['dry_run_s']:.1f} s; "
+              f"{r['reference']}" + (f"; naive {r['naive_s']:.1f} s / {r['naive_peak_rss'] / 1e9:.2f} GB" if "naive_s" in r else
+                                      f"; naive: {r.get('naive', 'not run')}") + f" [{time.time() - t0:.0f} s]", flush=True)
+    Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
