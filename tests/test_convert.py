@@ -154,3 +154,33 @@ def test_nonfinite_weight_is_named(tmp_path):
         convert(_req(ck, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     convert(_req(ck, tmp_path / "out", allow_nonfinite=True))
+
+
+def test_openpi_pytorch_converter_layout_is_accepted(ckpts, tmp_path):
+    """A directory as OpenPI's convert_jax_model_to_pytorch.py writes it (openpi.md 3.1-3.2): LeRobot keys without
+    `model.`, lm_head stored instead of the tied embed_tokens, no expert lm_head, a small config.json, assets/ copied.
+    Built here from a pibridge conversion by applying exactly those documented differences."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    lerobot = tmp_path / "lerobot"
+    convert(_req(ckpts["tiny-pi05"], lerobot, transformers_version="4.53.2"))
+    state = load_file(str(lerobot / "model.safetensors"))
+    embed = "model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
+    openpi = {k.removeprefix("model."): v for k, v in state.items()
+              if k != embed and "gemma_expert.lm_head" not in k}
+    openpi["paligemma_with_expert.paligemma.lm_head.weight"] = state[embed]
+    src = tmp_path / "openpi_pt"
+    src.mkdir()
+    save_file(openpi, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps({"action_dim": 32, "action_horizon": 15, "paligemma_variant": "dummy",
+                                                  "action_expert_variant": "dummy", "precision": "float32"}))
+    shutil.copytree(ckpts["tiny-pi05"] / "assets", src / "assets")
+    rec = convert(_req(src, tmp_path / "again"))
+    assert rec["source"]["layout"] == "openpi-pytorch"
+    again = load_file(str(tmp_path / "again" / "model.safetensors"))
+    reference = load_file(str(lerobot / "model.safetensors"))
+    assert again.keys() == reference.keys()
+    for k in reference:  # same tensors, bit for bit, except the unused expert lm_head (zeros either way)
+        np.testing.assert_array_equal(again[k], reference[k], err_msg=k)

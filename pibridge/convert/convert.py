@@ -25,6 +25,7 @@ from pibridge.convert.fixtable import applicable_fixes, parse_version
 from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
 from pibridge.convert.lerobot_processors import build_processor_jsons
+from pibridge.convert.openpi_torch import OpenPITorchCheckpoint, is_openpi_torch_dir
 from pibridge.convert.plan import ConversionPlan, iter_tensors, plan_conversion
 from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
@@ -71,9 +72,13 @@ class Resolved:
 
 
 def resolve(req: ConvertRequest) -> Resolved:
-    ckpt = open_checkpoint(req.ckpt)
+    if is_openpi_torch_dir(req.ckpt):
+        ckpt = OpenPITorchCheckpoint.open(Path(req.ckpt))
+        det = ckpt.detection
+    else:
+        ckpt = open_checkpoint(req.ckpt)
+        det = detect(ckpt.leaves)
     _check_out_not_inside(req.out, ckpt.root)
-    det = detect(ckpt.leaves)
     if det.variant.name not in ("pi0", "pi05") and not req.allow_tiny:
         raise PibridgeError(
             f"the checkpoint has sizes LeRobot cannot build ({det.variant.paligemma.variant} + "
