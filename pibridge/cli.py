@@ -94,6 +94,7 @@ def convert(
     asset_id: Annotated[Optional[str], typer.Option(help="assets/<asset_id>/norm_stats.json to use (automatic when there is exactly one).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="PaliGemma SentencePiece model to write into OUT/tokenizer (else LeRobot fetches a gated hub model).")] = None,
     fold_norm_eps: Annotated[bool, typer.Option(help="Fold OpenPI's normalizer epsilons into the stats so LeRobot's formulas give OpenPI's numbers (recorded).")] = False,
+    fold_bf16_params: Annotated[bool, typer.Option(help="bf16 runtime: store OpenPI's bf16 parameter rounding in the tensors LeRobot keeps fp32 (norms as bf16(1+bf16(s))-1; recorded).")] = False,
     allow_tiny: Annotated[bool, typer.Option(help="Allow test-size variants (LeRobot cannot build them without a config patch).")] = False,
     allow_nonfinite: Annotated[bool, typer.Option(help="Convert even if a weight contains NaN or Inf.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Metadata only: print one audit line per tensor, write nothing.")] = False,
@@ -109,7 +110,7 @@ def convert(
         empty_cameras=tuple(s.strip() for s in (empty_cameras or "").split(",") if s.strip()),
         lerobot_version=lerobot_version, transformers_version=transformers_version,
         weights_dtype=weights_dtype.value, runtime_dtype=runtime_dtype.value, asset_id=asset_id, tokenizer=tokenizer,
-        fold_norm_eps=fold_norm_eps, allow_tiny=allow_tiny, allow_nonfinite=allow_nonfinite, dry_run=dry_run,
+        fold_norm_eps=fold_norm_eps, fold_bf16_params=fold_bf16_params, allow_tiny=allow_tiny, allow_nonfinite=allow_nonfinite, dry_run=dry_run,
         force=force))
 
 

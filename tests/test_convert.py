@@ -184,3 +184,17 @@ def test_openpi_pytorch_converter_layout_is_accepted(ckpts, tmp_path):
     assert again.keys() == reference.keys()
     for k in reference:  # same tensors, bit for bit, except the unused expert lm_head (zeros either way)
         np.testing.assert_array_equal(again[k], reference[k], err_msg=k)
+
+
+def test_bf16_param_fold_is_applied_and_recorded(ckpts, tmp_path):
+    from pibridge.convert.folds import FOLD_ID, fold_bf16_param
+
+    with pytest.raises(PibridgeError, match="float32 runtime"):
+        convert(_req(ckpts["tiny-pi05"], tmp_path / "x", fold_bf16_params=True))
+    rec = convert(_req(ckpts["tiny-pi05"], tmp_path / "out", weights_dtype="bfloat16", runtime_dtype="bfloat16",
+                       fold_bf16_params=True))
+    assert FOLD_ID in rec["folds"]
+    state = load_file(str(tmp_path / "out" / "model.safetensors"))
+    scale = open_checkpoint(ckpts["tiny-pi05"]).read(("PaliGemma", "llm", "layers", "pre_attention_norm", "scale"))
+    got = state["model.paligemma_with_expert.paligemma.model.language_model.layers.2.input_layernorm.weight"]
+    np.testing.assert_array_equal(got, fold_bf16_param("llm.norm.attn", scale[2]))

@@ -22,6 +22,7 @@ from pibridge.convert.atomic import atomic_output_dir, check_output_target, reco
 from pibridge.convert.detect import Detection, detect
 from pibridge.convert.fingerprint import Fingerprint
 from pibridge.convert.fixtable import applicable_fixes, parse_version
+from pibridge.convert.folds import FOLD_ID, fold_bf16_param
 from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
 from pibridge.convert.lerobot_processors import build_processor_jsons
@@ -52,6 +53,7 @@ class ConvertRequest:
     asset_id: str | None = None
     tokenizer: Path | None = None
     fold_norm_eps: bool = False
+    fold_bf16_params: bool = False
     allow_tiny: bool = False
     allow_nonfinite: bool = False
     dry_run: bool = False
@@ -215,11 +217,17 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
     if req.dry_run:
         _print_audit(r, console)
         return None
+    if req.fold_bf16_params and req.runtime_dtype != "bfloat16":
+        raise PibridgeError("--fold-bf16-params with a float32 runtime", "--runtime-dtype bfloat16",
+                            "the fold reproduces OpenPI's bf16 inference; drop it for a float32 policy")
+    if req.fold_bf16_params and r.ckpt.layout == "openpi-pytorch":
+        raise PibridgeError("--fold-bf16-params on OpenPI-PyTorch input", "an OpenPI JAX checkpoint",
+                            "OpenPI's PyTorch converter already rounded its weights; fold from the JAX checkpoint")
     check_output_target(out.absolute(), req.force)
     final_tok = (out.absolute() / "tokenizer") if req.tokenizer else None
     side = build_side_files(r, req, str(final_tok) if final_tok else None)
     with atomic_output_dir(out, force=req.force) as tmp:
-        fingerprint = _write_weights(r, tmp / "model.safetensors", req.allow_nonfinite, console)
+        fingerprint = _write_weights(r, tmp / "model.safetensors", req.allow_nonfinite, req.fold_bf16_params, console)
         _write_json(tmp / "config.json", side["config"], indent=4)
         _write_json(tmp / "policy_preprocessor.json", side["pre"], indent=2)
         _write_json(tmp / "policy_postprocessor.json", side["post"], indent=2)
@@ -234,7 +242,7 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
     return record
 
 
-def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, console) -> str:
+def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bool, console) -> str:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     fp = Fingerprint()
@@ -254,6 +262,8 @@ def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, console) -> s
             SafetensorsWriter(path, specs, {"format": "pt"}) as writer:
         task = bar.add_task("model.safetensors", total=r.plan.total_bytes())
         for (t, x), s in zip(iter_tensors(r.plan, read), specs):
+            if fold_bf16 and t.dtype == "float32" and t.source is not None:
+                x = fold_bf16_param(t.role, x)
             writer.write(t.key, x)
             del x
             bar.advance(task, s.nbytes)
@@ -295,7 +305,7 @@ def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) 
         "prompt_format": side["prompt"],
         "target": {"lerobot_version": req.lerobot_version, "transformers_version": r.transformers_version,
                    "weights_dtype": req.weights_dtype, "runtime_dtype": req.runtime_dtype},
-        "folds": list(side["states"].folds), "fold_inexact_elements": side["states"].inexact,
+        "folds": list(side["states"].folds) + ([FOLD_ID] if req.fold_bf16_params else []), "fold_inexact_elements": side["states"].inexact,
         "runtime_fixes_needed": [f.id for f in fixes if f.kind == "runtime"],
         "layout_fixes": [f.id for f in fixes if f.kind == "layout"],
         "tensors": len(r.plan.tensors), "weights_bytes": r.plan.total_bytes(),
