@@ -61,3 +61,15 @@ def flat_siglip_keys(transformers: str) -> bool:
 def embedding_semantics(lerobot: str) -> str:
     """'0.5': LeRobot multiplies image features and text by sqrt(hidden) itself; '0.6': relies on transformers."""
     return "0.5" if parse_version(lerobot, "LeRobot") < Version("0.6") else "0.6"
+
+
+def matching_fixes(transformers: str | None = None, lerobot: str | None = None,
+                   runtime_dtype: str | None = None) -> list[Fix]:
+    """The rows of configs/fixes.json that apply to a partly given runtime: an unset filter matches every row
+    (`pibridge fixes`); with all three set this equals applicable_fixes."""
+    tv = parse_version(transformers, "transformers") if transformers else None
+    lv = parse_version(lerobot, "LeRobot") if lerobot else None
+    if runtime_dtype not in (None, "float32", "bfloat16"):
+        raise PibridgeError(f"runtime dtype {runtime_dtype!r}", "float32 or bfloat16", "pass --dtype float32|bfloat16")
+    return [f for f in load_fixes() if (runtime_dtype is None or runtime_dtype in f.runtime_dtypes)
+            and (tv is None or _matches(f.transformers, tv)) and (lv is None or _matches(f.lerobot, lv))]

@@ -116,9 +116,12 @@ class OpenPICheckpoint:
 
     def read(self, path: TreePath, dtype: str | np.dtype | None = None) -> np.ndarray:
         """One leaf as a numpy array (stored dtype unless `dtype` is given)."""
-        info = self._info(path)
-        arr = self._open(info).read().result()
+        arr = self.read_async(path).result()
         return arr if dtype is None else arr.astype(_np_dtype(dtype))
+
+    def read_async(self, path: TreePath):
+        """Start reading one leaf (tensorstore decodes on its own threads); `.result()` gives the array."""
+        return self._open(self._info(path)).read()
 
     def read_tree(self, dtype: str | np.dtype | None = None) -> dict:
         """Nested dict like OpenPI's restore_params returns (use on tiny models: loads everything)."""
