@@ -114,6 +114,111 @@ def convert(
         force=force))
 
 
+parity_app = typer.Typer(name="parity", help="Prove numeric parity stage by stage: observations, captures, comparisons.",
+                         no_args_is_help=True)
+app.add_typer(parity_app, name="parity")
+
+
+class Stack(str, Enum):
+    jax = "jax"
+    torch = "torch"
+    lerobot = "lerobot"
+
+
+class Precision(str, Enum):
+    float32 = "float32"
+    bf16 = "bf16"
+
+
+class Resize(str, Enum):
+    openpi = "openpi"
+    lerobot = "lerobot"
+
+
+@parity_app.command("obs")
+def parity_obs(
+    out: Annotated[Path, typer.Argument(help="Observation file to write (.safetensors).")],
+    profile: Annotated[str, typer.Option(help="Policy profile (e.g. pi05_droid) or a converted OUT dir: gives horizon, state dim, empty cameras.")],
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of images, state and noise.")] = 0,
+    horizon: Annotated[Optional[int], typer.Option(help="Override the profile's action horizon (noise length).")] = None,
+    state_dim: Annotated[Optional[int], typer.Option(help="Override the profile's native state dim.")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt (repeat once per sample; one prompt is used for all).")] = None,
+    mask: Annotated[Optional[list[str]], typer.Option(help="SAMPLE:SLOT: mask one camera of one sample (repeatable), e.g. 1:left_wrist_0_rgb.")] = None,
+) -> None:
+    """Write a deterministic synthetic observation: non-square camera images, state, prompts, noise."""
+    from pibridge.parity.capture import obs_command
+
+    obs_command(out, profile=profile, batch=batch, seed=seed, horizon=horizon, state_dim=state_dim, prompts=prompt,
+                masked=mask)
+
+
+@parity_app.command("capture")
+def parity_capture(
+    stack: Annotated[Stack, typer.Option(help="Which stack to run in this process.")],
+    obs: Annotated[Path, typer.Option(help="Observation file (pibridge parity obs).")],
+    out: Annotated[Path, typer.Option(help="Trace file to write (.safetensors).")],
+    ckpt: Annotated[Optional[Path], typer.Option(help="OpenPI checkpoint (jax stack).")] = None,
+    lerobot: Annotated[Optional[Path], typer.Option(help="Converted LeRobot policy dir OUT (torch stack).")] = None,
+    precision: Annotated[Precision, typer.Option(help="float32, or the stack's bf16 policy.")] = Precision.float32,
+    fixes: Annotated[bool, typer.Option("--fixes/--no-fixes", help="torch: apply the runtime fixes (configs/fixes.json).")] = True,
+    shared_inputs: Annotated[Optional[Path], typer.Option(help="Feed the model these preprocessed inputs (written by --save-inputs) instead of preprocessing.")] = None,
+    save_inputs: Annotated[Optional[Path], typer.Option(help="Write the preprocessed inputs this capture fed its model.")] = None,
+    resize: Annotated[Resize, typer.Option(help="torch: resize used by its LeRobot preprocessing.")] = Resize.lerobot,
+    steps: Annotated[int, typer.Option(help="Euler denoising steps.")] = 10,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default for torch: OUT/tokenizer/tokenizer.model).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="jax: profile name or converted OUT dir (default: the synthetic checkpoint's profile).")] = None,
+) -> None:
+    """Run ONE stack on an observation in this process and write its trace (stages, timings, versions, fingerprints)."""
+    from pibridge.parity.capture import capture_command
+
+    capture_command(stack=stack.value, obs=obs, out=out, ckpt=ckpt, lerobot=lerobot, precision=precision.value,
+                    fixes=fixes, shared_inputs=shared_inputs, save_inputs=save_inputs, resize=resize.value,
+                    steps=steps, tokenizer=tokenizer, profile=profile)
+
+
+@parity_app.command("compare")
+def parity_compare(
+    a: Annotated[Path, typer.Argument(help="Reference trace (usually the jax stack).")],
+    b: Annotated[Path, typer.Argument(help="Trace to check.")],
+    tolerances: Annotated[Optional[Path], typer.Option(help="Tolerance rules (default pibridge/configs/tolerances.json).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML report here.")] = None,
+) -> None:
+    """Compare two traces stage by stage (numpy only); exit 1 when a stage breaks its tolerance."""
+    from pibridge.parity.run import compare_command
+
+    compare_command(a, b, tolerances=tolerances, json_out=json_out, html_out=html_out)
+
+
+@parity_app.command("run")
+def parity_run(
+    openpi: Annotated[Path, typer.Option(help="OpenPI checkpoint (step dir).")],
+    lerobot: Annotated[Path, typer.Option(help="Converted LeRobot policy dir (pibridge convert).")],
+    obs: Annotated[Optional[Path], typer.Option(help="Observation file (default: a synthetic one for OUT's profile).")] = None,
+    torch_stack: Annotated[str, typer.Option(help="Torch-side stack: ours (LeRobot-structured, on transformers).")] = "ours",
+    precision: Annotated[Precision, typer.Option(help="float32, or each stack's bf16 policy.")] = Precision.float32,
+    shared_preprocessing: Annotated[bool, typer.Option(help="Feed both models OpenPI's preprocessed tensors (model stages free of preprocessing differences).")] = False,
+    resize: Annotated[Resize, typer.Option(help="Resize on the torch side (the preprocessing section always compares both).")] = Resize.openpi,
+    fixes: Annotated[bool, typer.Option("--fixes/--no-fixes", help="Apply the runtime fixes on the torch side.")] = True,
+    steps: Annotated[int, typer.Option(help="Euler denoising steps.")] = 10,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default OUT/tokenizer/tokenizer.model).")] = None,
+    tolerances: Annotated[Optional[Path], typer.Option(help="Tolerance rules (default pibridge/configs/tolerances.json).")] = None,
+    jax_python: Annotated[str, typer.Option(help="Interpreter for the jax capture.")] = sys.executable,
+    torch_python: Annotated[str, typer.Option(help="Interpreter for the torch capture (e.g. a Python 3.12 LeRobot env).")] = sys.executable,
+    html: Annotated[Optional[Path], typer.Option(help="Write the HTML report here.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(help="Where traces and the observation go (default: a new temp dir).")] = None,
+) -> None:
+    """Capture both stacks in their own processes, compare, report; exit 1 when a model stage diverges."""
+    from pibridge.parity.run import RunRequest, run
+
+    run(RunRequest(openpi=openpi, lerobot=lerobot, obs=obs, torch_stack=torch_stack, precision=precision.value,
+                   shared_preprocessing=shared_preprocessing, resize=resize.value, fixes=fixes, steps=steps,
+                   tokenizer=tokenizer, tolerances=tolerances, jax_python=jax_python, torch_python=torch_python,
+                   html=html, json=json_out, workdir=workdir))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input -> one message on stderr and exit 2 (1 for a parity failure); --debug re-raises."""
     from pibridge.errors import PibridgeError

@@ -42,7 +42,7 @@ def _line_chart(title: str, points: list[tuple[str, float, float]]) -> str:
         if _PAD - 1 <= y <= _H - _PAD + 1:
             parts.append(f'<line x1="{_PAD}" x2="{_W - _PAD}" y1="{y:.1f}" y2="{y:.1f}" class="g"/>'
                          f'<text x="{_PAD - 4}" y="{y + 4:.1f}" text-anchor="end" class="a">1e{e}</text>')
-    for idx, (cls, label) in enumerate((("m", "max-abs"), ("c", "1 - cosine"))):
+    for idx, (cls, label) in enumerate((("m", "max-abs"), ("c", "1 - cosine (0: at the floor)"))):
         pts = " ".join(f"{x(i):.1f},{_log_y(p[1 + idx], lo, hi):.1f}" for i, p in enumerate(points))
         parts.append(f'<polyline points="{pts}" class="{cls}"/>')
         parts.append(f'<text x="{_W - _PAD}" y="{30 + 14 * idx}" text-anchor="end" class="{cls}l">{label}</text>')
@@ -81,10 +81,19 @@ td:first-child,th:first-child{text-align:left}.pass{color:#176}.fail,.shape-mism
 .no-rule{color:#a60}.skipped{color:#888}.first{background:#fee}.ok{color:#176}.bad{color:#b00}
 svg{margin:8px 16px 8px 0;background:#fafafa;border:1px solid #eee}.t{font-size:13px;font-weight:600}.a{font-size:10px;fill:#555}
 .g{stroke:#e4e4e4}.m{fill:none;stroke:#c33;stroke-width:2}.c{fill:none;stroke:#36c;stroke-width:2}
-.ml{fill:#c33;font-size:11px}.cl{fill:#36c;font-size:11px}.bm{fill:#c33}.bc{fill:#36c}.plots{display:flex;flex-wrap:wrap}"""
+.ml{fill:#c33;font-size:11px}.cl{fill:#36c;font-size:11px}.bm{fill:#c33}.bc{fill:#36c}.plots{display:flex;flex-wrap:wrap}
+h2{font-size:16px;margin-top:20px}table.extra td,table.extra th{text-align:left}li{font:12px ui-monospace,monospace;margin:2px 0}"""
 
 
-def comparison_html(c: Comparison, *, title: str, label_a: str, label_b: str, notes: list[str]) -> str:
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
+    return f'<h2>{html.escape(title)}</h2><table class="extra"><tr>{head}</tr>{body}</table>'
+
+
+def comparison_html(c: Comparison, *, title: str, label_a: str, label_b: str, notes: list[str],
+                    tables: list[tuple[str, list[str], list[list[str]]]] = ()) -> str:
+    """tables: extra (title, header, rows) tables shown before the plots (e.g. the preprocessing-parity section)."""
     first = c.first_diverging
     verdict = ('<p class="ok">PASS: every compared stage within tolerance</p>' if first is None else
                f'<p class="bad">FAIL: first diverging stage <b>{html.escape(first.name)}</b></p>')
@@ -104,8 +113,8 @@ def comparison_html(c: Comparison, *, title: str, label_a: str, label_b: str, no
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><h1>{html.escape(title)}</h1><p>A = {html.escape(label_a)}, B = {html.escape(label_b)}, precision {c.precision}</p>
 {verdict}<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
-<div class="plots">{''.join(plots)}</div>{_timing_chart(c.results, label_a, label_b)}
-<table><tr><th>stage</th><th>status</th><th>cosine</th><th>max-abs</th><th>mean-abs</th><th>rel-L2</th><th>tolerance (max-abs / cos)</th><th>note</th></tr>
+{''.join(_table(*t) for t in tables)}<h2>plots</h2><div class="plots">{''.join(plots)}</div>{_timing_chart(c.results, label_a, label_b)}
+<h2>stages</h2><table><tr><th>stage</th><th>status</th><th>cosine</th><th>max-abs</th><th>mean-abs</th><th>rel-L2</th><th>tolerance (max-abs / cos)</th><th>note</th></tr>
 {''.join(rows)}</table></body></html>"""
 
 

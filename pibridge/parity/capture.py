@@ -1,0 +1,233 @@
+"""`pibridge parity capture` / `parity obs`: run ONE stack in this process and write its trace (numpy at import).
+
+The stack's code is imported lazily from STACKS (stack name -> "module:function"), so a capture never imports
+the other framework: the jax capture never loads torch, the torch capture never loads jax. More stacks can be
+added with `register_stack` (or a STACKS entry). A stack function takes a CaptureRequest and
+returns (StageRecorder, meta); this module adds the common metadata and writes the trace.
+
+Shared inputs: a capture may save the ModelInputs it fed its model (`save_inputs`, safetensors) and another
+capture may consume exactly those (`shared_inputs`), so model stages are compared free of preprocessing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pibridge.convert.profile import Profile, load_profile, profile_from_dict
+from pibridge.errors import PibridgeError
+from pibridge.parity.inputs import ModelInputs
+
+STACKS: dict[str, str] = {
+    "jax": "pibridge.parity.jax_capture:capture_jax",
+    "torch": "pibridge.parity.torch_capture:capture_torch",
+    "lerobot": "pibridge.parity.lerobot_capture:capture_lerobot_stack",  # run it with a LeRobot env's interpreter
+}
+PRECISIONS = ("float32", "bf16")
+RESIZES = ("openpi", "lerobot")
+INPUTS_KEY = "pibridge_model_inputs"
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    stack: str  # a key of STACKS
+    obs: Path
+    out: Path
+    ckpt: Path | None = None  # OpenPI checkpoint (jax)
+    lerobot: Path | None = None  # converted OUT (torch, lerobot)
+    precision: str = "float32"
+    fixes: bool = True  # torch: apply the runtime fixes of configs/fixes.json
+    shared_inputs: Path | None = None  # consume these ModelInputs instead of preprocessing
+    save_inputs: Path | None = None  # write the ModelInputs this capture fed its model
+    resize: str = "lerobot"  # torch: which resize its LeRobot preprocessing uses
+    steps: int = 10
+    tokenizer: Path | None = None  # SentencePiece model (torch default: OUT/tokenizer/tokenizer.model)
+    profile: str | None = None  # jax: profile name, or an OUT dir whose pibridge.json records the profile
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    out: Path
+    stack: str
+    n_stages: int
+    seconds: float
+    meta: dict
+
+
+def register_stack(name: str, target: str) -> None:
+    """Make `--stack name` run target ("package.module:function(CaptureRequest) -> (StageRecorder, meta)")."""
+    STACKS[name] = target
+
+
+def _check(req: CaptureRequest) -> None:
+    if req.stack not in STACKS:
+        raise PibridgeError(f"stack {req.stack!r}", f"one of {', '.join(STACKS)}", "pass --stack jax|torch|lerobot")
+    if req.precision not in PRECISIONS:
+        raise PibridgeError(f"precision {req.precision!r}", "float32 or bf16", "pass --precision float32|bf16")
+    if req.resize not in RESIZES:
+        raise PibridgeError(f"resize {req.resize!r}", "openpi or lerobot", "pass --resize openpi|lerobot")
+    if req.steps < 1:
+        raise PibridgeError(f"--steps {req.steps}", "at least 1 Euler step", "pass --steps 10 (OpenPI's default)")
+    need = "ckpt" if req.stack == "jax" else "lerobot"
+    if getattr(req, need) is None:
+        flag = "--ckpt CKPT" if need == "ckpt" else "--lerobot OUT"
+        raise PibridgeError(f"--stack {req.stack} without {flag.split()[0]}", f"{flag} for the {req.stack} stack",
+                            f"pass {flag}")
+
+
+def _stack_function(name: str):
+    module, func = STACKS[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def capture(req: CaptureRequest) -> CaptureResult:
+    """Run one stack on the observation and write the trace to req.out (parent directories are created)."""
+    from pibridge.parity.trace import write_trace
+
+    _check(req)
+    t0 = time.perf_counter()
+    recorder, meta = _stack_function(req.stack)(req)
+    seconds = time.perf_counter() - t0
+    meta = {"stack": req.stack, "precision": req.precision, "steps": req.steps, "fixes_enabled": req.fixes,
+            "shared_inputs": None if req.shared_inputs is None else str(req.shared_inputs),
+            "python": platform.python_version(), **meta}
+    meta.setdefault("timings", {})["capture_s"] = round(seconds, 4)
+    meta["timings"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Path(req.out).parent.mkdir(parents=True, exist_ok=True)
+    write_trace(Path(req.out), recorder, meta)
+    return CaptureResult(Path(req.out), req.stack, len(recorder), seconds, meta)
+
+
+def capture_command(**kwargs) -> CaptureResult:
+    """CLI body of `pibridge parity capture`: capture, then print one summary line."""
+    result = capture(CaptureRequest(**kwargs))
+    t = result.meta["timings"]
+    print(f"wrote {result.out}: {result.stack} stack, {result.n_stages} stages, {result.meta['precision']}, "
+          f"{result.seconds:.1f} s (model {t.get('sample_s', 0):.1f} s), peak RSS {t['peak_rss_mb']:.0f} MB")
+    return result
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def package_versions(*names: str) -> dict[str, str]:
+    out = {}
+    for n in ("pibridge", "numpy", *names):
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def save_model_inputs(path: Path, inputs: ModelInputs) -> None:
+    from safetensors.numpy import save_file
+
+    tensors = {"images": inputs.images, "image_mask": inputs.image_mask.astype(np.uint8), "state": inputs.state,
+               "tokens": inputs.tokens, "token_mask": inputs.token_mask.astype(np.uint8)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+              metadata={INPUTS_KEY: json.dumps({"format": 1})})
+
+
+def load_model_inputs(path: Path) -> ModelInputs:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "np") as f:
+            ok = INPUTS_KEY in (f.metadata() or {})
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PibridgeError(f"shared inputs {path} unreadable ({err})", "a file written by `parity capture "
+                            "--save-inputs`", "capture the jax stack again with --save-inputs") from None
+    if not ok:
+        raise PibridgeError(f"{path} holds no pibridge model inputs", "a file written by --save-inputs",
+                            "capture the jax stack again with --save-inputs")
+    return ModelInputs(t["images"], t["image_mask"].astype(bool), t["state"], t["tokens"], t["token_mask"].astype(bool))
+
+
+def state_bins_from_text(text: str) -> list[int] | None:
+    """The discretised state written in a pi05 prompt ("...State: 1 2 3;\\nAction: "), or None."""
+    if "State: " not in text:
+        return None
+    return [int(v) for v in text.split("State: ", 1)[1].split(";", 1)[0].split()]
+
+
+def preprocessing_record(texts: tuple[str, ...], inputs: ModelInputs) -> dict:
+    """What the preprocessing-parity section compares: prompt texts, real token ids, discretised state bins."""
+    return {"prompt_texts": list(texts),
+            "tokens": [row[m].tolist() for row, m in zip(inputs.tokens, inputs.token_mask)],
+            "state_bins": [state_bins_from_text(t) for t in texts] if texts else []}
+
+
+def resolve_profile(spec: str | None, synth: dict | None) -> Profile:
+    """A profile name, or an OUT directory (or its pibridge.json) whose recorded profile (with overrides) is used;
+    without one, the profile a synthetic checkpoint was made for."""
+    if spec is None:
+        if synth and synth.get("profile"):
+            return load_profile(synth["profile"])
+        raise PibridgeError("no profile for the jax capture", "--profile NAME, or --profile OUT (a converted dir)",
+                            "pass the profile the policy was trained with, e.g. --profile pi05_droid")
+    path = Path(spec)
+    if path.is_dir() or path.name == "pibridge.json":
+        from pibridge.convert.convert import load_provenance
+
+        return profile_from_dict(load_provenance(path if path.is_dir() else path.parent)["profile"])
+    return load_profile(spec)
+
+
+def parse_masks(items: list[str] | None) -> dict[int, list[str]]:
+    """["1:left_wrist_0_rgb", ...] (--mask SAMPLE:SLOT) -> {1: ["left_wrist_0_rgb"]}."""
+    out: dict[int, list[str]] = {}
+    for item in items or []:
+        sample, _, slot = item.partition(":")
+        if not sample.isdigit() or not slot:
+            raise PibridgeError(f"--mask {item!r}", "SAMPLE:SLOT, e.g. 1:left_wrist_0_rgb",
+                                "pass --mask with a sample index and an OpenPI slot")
+        out.setdefault(int(sample), []).append(slot)
+    return out
+
+
+_CAMERA_SIZES = {"base_0_rgb": (480, 640), "left_wrist_0_rgb": (240, 320), "right_wrist_0_rgb": (240, 320)}
+
+
+def obs_command(out: Path, *, profile: str, batch: int = 2, seed: int = 0, horizon: int | None = None,
+                state_dim: int | None = None, prompts: list[str] | None = None,
+                masked: dict[int, list[str]] | list[str] | None = None):
+    """CLI body of `pibridge parity obs`: a deterministic synthetic observation for a profile (its horizon, native
+    state dim; its empty slots absent, i.e. masked blank images in every sample), non-square camera images.
+    profile: a profile name or a converted OUT dir; masked: {sample: [slots]} extra per-sample masked cameras."""
+    from pibridge.parity.observation import save_observation, synthetic_observation
+
+    prof = resolve_profile(profile, None)
+    if batch < 1:
+        raise PibridgeError(f"--batch {batch}", "at least 1", "pass --batch 2")
+    if prompts and len(prompts) not in (1, batch):
+        raise PibridgeError(f"{len(prompts)} prompts for batch {batch}", f"1 or {batch}",
+                            "give one --prompt per sample")
+    masked = parse_masks(masked) if isinstance(masked, list) else masked
+    sizes = {c.slot: _CAMERA_SIZES[c.slot] for c in prof.require("cameras") if not c.empty}  # empty slots: absent
+    masks = {b: sorted((masked or {}).get(b, [])) for b in range(batch)}
+    unknown = sorted({s for v in masks.values() for s in v} - set(sizes))
+    if unknown or any(b >= batch for b in (masked or {})):
+        raise PibridgeError(f"--mask {masked}", f"sample < {batch} and a filled slot of {prof.name}: {list(sizes)}",
+                            "mask a camera the profile fills, in an existing sample")
+    obs = synthetic_observation(batch=batch, horizon=horizon or prof.action_horizon,
+                                state_dim=state_dim or prof.require("state_dim"), seed=seed,
+                                prompts=None if not prompts else list(prompts) * (batch // len(prompts)),
+                                image_sizes=sizes, masked=masks)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_observation(Path(out), obs)
+    cams = ", ".join(f"{s} {tuple(i.shape[1:3])}" for s, i in obs.images.items())
+    print(f"wrote {out}: profile {prof.name}, batch {batch}, horizon {obs.noise.shape[1]}, state dim "
+          f"{obs.state.shape[1]}, cameras {cams}, empty {[c.slot for c in prof.require('cameras') if c.empty]}, "
+          f"masked {masked or {}}, fingerprint {obs.fingerprint()}")
+    return obs

@@ -1,0 +1,57 @@
+"""The JAX side of `pibridge parity capture --stack jax`: OpenPI's preprocessing (numpy), our JAX stack on the
+checkpoint's parameter tree, OpenPI's action postprocessing. Never imports torch.
+
+Pipeline (OpenPI Policy.infer at 15a9616, policies/policy_config.py:75-93): profile + norm stats + tokenizer ->
+openpi_preprocess.preprocess_detailed -> jax_stack.run_policy -> openpi_preprocess.postprocess_actions
+(Unnormalize, AbsoluteActions, slice to the native action dim) = stage actions/unnormalized (B, A, action_dim).
+"""
+
+from __future__ import annotations
+
+import time
+from pibridge.parity import stages as st
+from pibridge.parity.capture import (CaptureRequest, load_model_inputs, package_versions, preprocessing_record,
+                                     resolve_profile, save_model_inputs)
+from pibridge.parity.observation import load_observation
+from pibridge.parity.stages import StageRecorder
+
+
+def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
+    from pibridge.convert.detect import detect
+    from pibridge.convert.reader import open_checkpoint
+    from pibridge.parity.jax_stack import run_policy
+    from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess_detailed
+    from pibridge.parity.tokenizer import load_tokenizer
+
+    t0 = time.perf_counter()
+    ck = open_checkpoint(req.ckpt)
+    variant = detect(ck.leaves).variant
+    profile = resolve_profile(req.profile, ck.synth_record)
+    stats = ck.norm_stats(profile.asset_id if profile.asset_id in ck.asset_ids else None)
+    obs = load_observation(req.obs)
+    t1 = time.perf_counter()
+    pre = preprocess_detailed(observation_dict(obs), profile, stats,
+                              load_tokenizer(req.tokenizer) if req.tokenizer else None)  # always: recorded
+    inputs = pre.inputs if req.shared_inputs is None else load_model_inputs(req.shared_inputs)
+    if req.save_inputs is not None:
+        save_model_inputs(req.save_inputs, inputs)
+    t2 = time.perf_counter()
+    params = ck.read_tree()
+    t3 = time.perf_counter()
+    rec = StageRecorder()
+    actions = run_policy(params, variant, inputs, obs.noise, precision=req.precision, num_steps=req.steps, record=rec)
+    t4 = time.perf_counter()
+    rec.record(st.ACTIONS_UNNORMALIZED, postprocess_actions(actions, inputs.state, profile, stats),
+               seconds=time.perf_counter() - t4)
+    synth = ck.synth_record or {}
+    meta = {
+        "packages": package_versions("jax", "jaxlib", "flax", "orbax-checkpoint", "tensorstore"),
+        "checkpoint": {"path": str(req.ckpt), "fingerprint": synth.get("fingerprint") or ck.fingerprint(),
+                       "synth": ck.synth_record, "variant": variant.name},
+        "observation": {"path": str(req.obs), "fingerprint": obs.fingerprint(), "batch": obs.batch},
+        "profile": profile.name, "fixes_applied": {}, "not_comparable": {},
+        "preprocessing": {"kind": "openpi", **preprocessing_record(pre.prompt_texts, pre.inputs)},
+        "timings": {"open_s": round(t1 - t0, 4), "preprocess_s": round(t2 - t1, 4), "load_s": round(t3 - t2, 4),
+                    "sample_s": round(t4 - t3, 4)},
+    }
+    return rec, meta

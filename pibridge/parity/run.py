@@ -1,0 +1,319 @@
+"""`pibridge parity compare` and `pibridge parity run` (numpy only in this process).
+
+`run` captures each stack in its own subprocess (`python -m pibridge.parity.run capture ...`, each side's
+interpreter selectable: the real LeRobot needs Python 3.12), then compares the traces and reports: terminal
+table, JSON, HTML, plus a separately reported preprocessing-parity section (OpenPI's vs LeRobot's resize on
+the observation's own images, prompt texts, token ids, discretised state bins), which never decides pass/fail.
+
+TORCH_STACKS maps `--torch-stack` names to capture stacks (pibridge.parity.capture.STACKS): "ours" (the torch
+stack), "lerobot" (the real LeRobot, pibridge.parity.lerobot_capture; give --torch-python a LeRobot env). `python -m pibridge.parity.run {obs,capture,compare,run} ...` mirrors the CLI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pibridge.errors import ParityFailure, PibridgeError
+from pibridge.parity.compare import Comparison, Rule, compare, load_rules
+from pibridge.parity.trace import Trace, read_trace
+
+TORCH_STACKS: dict[str, str] = {"ours": "torch", "lerobot": "lerobot"}  # --torch-stack name -> capture --stack name
+CAPTURE_MODULE = "pibridge.parity.run"  # `python -m CAPTURE_MODULE capture ...` in each side's interpreter
+BLOG_RESIZE = "blog (480x640 camera): cosine 0.99953, max-abs 116"
+
+
+# ------------------------------------------------------------------------------------ preprocessing parity
+@dataclass(frozen=True)
+class PreCheck:
+    check: str
+    ok: bool | None  # None: informational (resize differences are expected)
+    detail: str
+
+
+@dataclass(frozen=True)
+class PreprocessingParity:
+    checks: list[PreCheck] = field(default_factory=list)
+
+    def rows(self) -> list[list[str]]:
+        return [[c.check, {True: "equal", False: "DIFFERENT", None: "measured"}[c.ok], c.detail] for c in self.checks]
+
+
+def preprocessing_parity(a: dict, b: dict) -> PreprocessingParity:
+    """From the traces' meta["preprocessing"] records (OpenPI side a, LeRobot side b)."""
+    pa, pb = a.get("preprocessing") or {}, b.get("preprocessing") or {}
+    checks = []
+    for slot, r in (pb.get("resize") or {}).items():
+        checks.append(PreCheck(f"resize {slot} {r['shape'][0]}x{r['shape'][1]} -> 224x224", None,
+                               f"OpenPI PIL vs LeRobot torch, 0-255 scale: cosine {r['cosine']:.5f}, "
+                               f"max-abs {r['max_abs']:.1f}, mean-abs {r['mean_abs']:.3f} ({BLOG_RESIZE})"))
+    for key, label in (("prompt_texts", "prompt text"), ("tokens", "token ids"), ("state_bins", "state bins")):
+        xa, xb = pa.get(key), pb.get(key)
+        if not xa or not xb:
+            continue
+        diff = [i for i, (u, v) in enumerate(zip(xa, xb)) if u != v]
+        detail = f"{len(xa) - len(diff)}/{len(xa)} samples equal"
+        if diff and key == "state_bins" and xa[diff[0]] and xb[diff[0]]:
+            n = sum(u != v for u, v in zip(xa[diff[0]], xb[diff[0]]))
+            detail += f"; sample {diff[0]}: {n} bins differ ({xa[diff[0]]} vs {xb[diff[0]]})"
+        elif diff:
+            detail += f"; sample {diff[0]}: {str(xa[diff[0]])[:80]!r} vs {str(xb[diff[0]])[:80]!r}"
+        checks.append(PreCheck(label, not diff and len(xa) == len(xb), detail))
+    return PreprocessingParity(checks)
+
+
+# ------------------------------------------------------------------------------------------- compare
+def _rules(tolerances: Path | None) -> list[Rule]:
+    return load_rules(Path(tolerances)) if tolerances else load_rules()
+
+
+def _timing_notes(a: Trace, b: Trace) -> list[str]:
+    notes = []
+    for label, t in (("A", a), ("B", b)):
+        m = t.meta
+        tm = m.get("timings", {})
+        pk = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())
+        fixes = m.get("fixes_applied") or {}
+        notes.append(f"{label}: {m.get('stack')} stack, {m.get('precision')}, profile {m.get('profile')}, "
+                     f"checkpoint {str((m.get('checkpoint') or {}).get('fingerprint'))[:23]}, "
+                     f"observation {(m.get('observation') or {}).get('fingerprint')}; model {tm.get('sample_s')} s, "
+                     f"capture {tm.get('capture_s')} s, peak RSS {tm.get('peak_rss_mb')} MB; "
+                     f"fixes {fixes or 'none'}; {pk}")
+    fa = (a.meta.get("checkpoint") or {}).get("fingerprint")
+    fb = (b.meta.get("checkpoint") or {}).get("fingerprint")
+    if fa and fb and fa != fb:
+        notes.append(f"WARNING: checkpoint fingerprints differ ({fa} vs {fb}): not the same weights")
+    oa, ob = ((t.meta.get("observation") or {}).get("fingerprint") for t in (a, b))
+    if oa and ob and oa != ob:
+        notes.append(f"WARNING: observation fingerprints differ ({oa} vs {ob})")
+    return notes
+
+
+def _console():
+    from rich.console import Console
+
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=200)  # logs and CI: keep the table's columns readable
+
+
+def report(c: Comparison, a: Trace, b: Trace, *, title: str, json_out: Path | None, html_out: Path | None,
+           pre: PreprocessingParity | None = None, console=None) -> None:
+    """Terminal table + summary (+ preprocessing section), and the JSON / HTML files when asked for."""
+    from rich.table import Table
+
+    from pibridge.parity.report import comparison_json, comparison_table, summary_lines
+    from pibridge.parity.report_html import comparison_html
+
+    console = console or _console()
+    label_a, label_b = (f"{t.meta.get('stack')} ({t.meta.get('precision')})" for t in (a, b))
+    notes = _timing_notes(a, b)
+    console.print(comparison_table(c, title=title))
+    if pre is not None and pre.checks:
+        t = Table(title="preprocessing parity (reported separately, not part of pass/fail)", header_style="bold")
+        for col in ("check", "result", "detail"):
+            t.add_column(col)
+        for row in pre.rows():
+            t.add_row(*row)
+        console.print(t)
+    for line in notes + summary_lines(c):
+        console.print(line, highlight=False)
+    extra = {"notes": notes, "preprocessing": [asdict(x) for x in pre.checks] if pre else []}
+    if json_out:
+        Path(json_out).write_text(comparison_json(c, **extra))
+        console.print(f"JSON report: {json_out}")
+    if html_out:
+        tables = [("preprocessing parity (reported separately)", ["check", "result", "detail"], pre.rows())] \
+            if pre else []
+        Path(html_out).write_text(comparison_html(c, title=title, label_a=label_a, label_b=label_b, notes=notes,
+                                                  tables=tables))
+        console.print(f"HTML report: {Path(html_out).resolve()}")
+
+
+def compare_command(a: Path, b: Path, *, tolerances: Path | None = None, json_out: Path | None = None,
+                    html_out: Path | None = None, console=None) -> Comparison:
+    """`pibridge parity compare A B`: ParityFailure (exit 1) when a stage breaks its tolerance."""
+    ta, tb = read_trace(a), read_trace(b)
+    c = compare(ta, tb, _rules(tolerances))
+    report(c, ta, tb, title=f"parity {Path(a).name} vs {Path(b).name}", json_out=json_out, html_out=html_out,
+           pre=preprocessing_parity(ta.meta, tb.meta), console=console)
+    _raise_on_failure(c)
+    return c
+
+
+def _raise_on_failure(c: Comparison) -> None:
+    first = c.first_diverging
+    if first is not None:
+        raise ParityFailure(f"parity failed: first diverging stage {first.name} ({first.status})",
+                            "every compared stage within its tolerance",
+                            "read the report; the first diverging stage names where the stacks part")
+
+
+# ------------------------------------------------------------------------------------------------ run
+@dataclass(frozen=True)
+class RunRequest:
+    openpi: Path
+    lerobot: Path
+    obs: Path | None = None
+    torch_stack: str = "ours"
+    precision: str = "float32"
+    shared_preprocessing: bool = False
+    resize: str = "openpi"
+    fixes: bool = True
+    steps: int = 10
+    tokenizer: Path | None = None
+    tolerances: Path | None = None
+    jax_python: str = sys.executable
+    torch_python: str = sys.executable
+    html: Path | None = None
+    json: Path | None = None
+    workdir: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    comparison: Comparison
+    preprocessing: PreprocessingParity
+    jax_trace: Path
+    torch_trace: Path
+    seconds: dict[str, float]
+
+
+def capture_argv(python: str, stack: str, obs: Path, out: Path, **opts) -> list[str]:
+    """The subprocess command line of one capture; opts with None / False values are left out."""
+    argv = [python, "-m", CAPTURE_MODULE, "capture", "--stack", stack, "--obs", str(obs), "--out", str(out)]
+    for key, value in opts.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value not in (None, False):
+            argv += [flag, str(value)]
+    return argv
+
+
+def _run_capture(argv: list[str], side: str, console) -> float:
+    console.print(f"[dim]$ {' '.join(argv)}[/]", highlight=False)
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
+        raise PibridgeError(f"the {side} capture failed (exit {proc.returncode}):\n{tail}",
+                            f"a trace from the {side} stack", "run the printed command alone to see the whole error")
+    console.print(proc.stdout.strip(), highlight=False)
+    return time.perf_counter() - t0
+
+
+def run(req: RunRequest, console=None) -> RunResult:
+    """Capture both stacks in subprocesses, compare, report; ParityFailure when a model stage diverges."""
+    from pibridge.parity.capture import obs_command
+    from pibridge.parity.lerobot_preprocess import default_tokenizer_path
+
+    console = console or _console()
+    if req.torch_stack not in TORCH_STACKS:
+        raise PibridgeError(f"--torch-stack {req.torch_stack}", f"one of {', '.join(TORCH_STACKS)}",
+                            "pass --torch-stack ours")
+    rules = _rules(req.tolerances)  # fail early on a bad tolerance file
+    work = Path(req.workdir or tempfile.mkdtemp(prefix="pibridge-parity-"))
+    work.mkdir(parents=True, exist_ok=True)
+    obs = req.obs
+    if obs is None:
+        obs = work / "obs.safetensors"
+        obs_command(obs, profile=str(req.lerobot))
+    tok = req.tokenizer or default_tokenizer_path(req.lerobot)
+    inputs = work / "inputs.safetensors" if req.shared_preprocessing else None
+    jt, tt = work / "jax.trace.safetensors", work / f"{req.torch_stack}.trace.safetensors"
+    common = {"precision": req.precision, "steps": req.steps, "tokenizer": tok}
+    sec = {"jax": _run_capture(capture_argv(req.jax_python, "jax", obs, jt, ckpt=req.openpi, profile=req.lerobot,
+                                            save_inputs=inputs, **common), "jax", console)}
+    sec["torch"] = _run_capture(capture_argv(req.torch_python, TORCH_STACKS[req.torch_stack], obs, tt,
+                                             lerobot=req.lerobot, shared_inputs=inputs, resize=req.resize,
+                                             no_fixes=not req.fixes, **common), req.torch_stack, console)
+    ta, tb = read_trace(jt), read_trace(tt)
+    c = compare(ta, tb, rules)
+    pre = preprocessing_parity(ta.meta, tb.meta)
+    mode = "shared preprocessing" if req.shared_preprocessing else \
+        "LeRobot's own processors" if req.torch_stack == "lerobot" else f"torch side resize {req.resize}"
+    report(c, ta, tb, title=f"pibridge parity: OpenPI JAX vs {req.torch_stack} torch, {mode}", json_out=req.json,
+           html_out=req.html, pre=pre, console=console)
+    console.print(f"traces: {jt}, {tt}; capture wall time jax {sec['jax']:.1f} s, torch {sec['torch']:.1f} s",
+                  highlight=False)
+    _raise_on_failure(c)
+    return RunResult(c, pre, jt, tt, sec)
+
+
+# ------------------------------------------------------------------------- `python -m pibridge.parity.run`
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pibridge.parity.run")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    o = sub.add_parser("obs")
+    o.add_argument("out", type=Path)
+    o.add_argument("--profile", required=True)
+    for name, typ in (("--batch", int), ("--seed", int), ("--horizon", int), ("--state-dim", int)):
+        o.add_argument(name, type=typ)
+    o.add_argument("--prompt", action="append")
+    o.add_argument("--mask", action="append")
+    c = sub.add_parser("capture")
+    c.add_argument("--stack", required=True)
+    for name in ("--obs", "--out"):
+        c.add_argument(name, type=Path, required=True)
+    for name in ("--ckpt", "--lerobot", "--shared-inputs", "--save-inputs", "--tokenizer"):
+        c.add_argument(name, type=Path)
+    c.add_argument("--profile")
+    c.add_argument("--precision", default="float32")
+    c.add_argument("--resize", default="lerobot")
+    c.add_argument("--steps", type=int, default=10)
+    c.add_argument("--no-fixes", action="store_true")
+    m = sub.add_parser("compare")
+    m.add_argument("a", type=Path)
+    m.add_argument("b", type=Path)
+    for name in ("--tolerances", "--json", "--html"):
+        m.add_argument(name, type=Path)
+    r = sub.add_parser("run")
+    for name in ("--openpi", "--lerobot"):
+        r.add_argument(name, type=Path, required=True)
+    for name in ("--obs", "--tokenizer", "--tolerances", "--html", "--json", "--workdir"):
+        r.add_argument(name, type=Path)
+    r.add_argument("--torch-stack", default="ours")
+    r.add_argument("--precision", default="float32")
+    r.add_argument("--shared-preprocessing", action="store_true")
+    r.add_argument("--resize", default="openpi")
+    r.add_argument("--steps", type=int, default=10)
+    r.add_argument("--no-fixes", action="store_true")
+    r.add_argument("--jax-python", default=sys.executable)
+    r.add_argument("--torch-python", default=sys.executable)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pibridge.parity.capture import capture_command, obs_command
+
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "obs":
+            obs_command(a.out, profile=a.profile, batch=a.batch or 2, seed=a.seed or 0, horizon=a.horizon,
+                        state_dim=a.state_dim, prompts=a.prompt, masked=a.mask)
+        elif a.cmd == "capture":
+            capture_command(stack=a.stack, obs=a.obs, out=a.out, ckpt=a.ckpt, lerobot=a.lerobot,
+                            precision=a.precision, fixes=not a.no_fixes, shared_inputs=a.shared_inputs,
+                            save_inputs=a.save_inputs, resize=a.resize, steps=a.steps, tokenizer=a.tokenizer,
+                            profile=a.profile)
+        elif a.cmd == "compare":
+            compare_command(a.a, a.b, tolerances=a.tolerances, json_out=a.json, html_out=a.html)
+        else:
+            run(RunRequest(openpi=a.openpi, lerobot=a.lerobot, obs=a.obs, torch_stack=a.torch_stack,
+                           precision=a.precision, shared_preprocessing=a.shared_preprocessing, resize=a.resize,
+                           fixes=not a.no_fixes, steps=a.steps, tokenizer=a.tokenizer, tolerances=a.tolerances,
+                           jax_python=a.jax_python, torch_python=a.torch_python, html=a.html, json=a.json,
+                           workdir=a.workdir))
+    except PibridgeError as err:
+        print(f"pibridge: error: {err.render()}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""`parity compare` and `parity run`: reports (terminal, JSON, HTML), exit 1 on a broken tolerance, the two captures
+as subprocesses, and the separately reported preprocessing parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _parity_helpers import TOKENIZER, make_policy
+
+from pibridge.errors import ParityFailure, PibridgeError
+from pibridge.parity.capture import CaptureRequest, capture, obs_command
+from pibridge.parity.run import (PreprocessingParity, RunRequest, capture_argv, compare_command, preprocessing_parity,
+                                 run)
+
+LOOSE = {"rules": [{"pattern": "*", "precision": "*", "max_abs": 1e9, "min_cosine": -1.0}]}
+BROKEN = {"rules": [{"pattern": "actions", "precision": "*", "max_abs": 0.0, "min_cosine": 1.0},
+                    {"pattern": "*", "precision": "*", "max_abs": 1e9, "min_cosine": -1.0}]}
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    ck, out, obs = make_policy(root, "tiny-pi05")
+    for name, rules in (("loose", LOOSE), ("broken", BROKEN)):
+        (root / f"{name}.json").write_text(json.dumps(rules))
+    a = capture(CaptureRequest("jax", obs, root / "a.trace", ckpt=ck, profile=str(out), tokenizer=TOKENIZER, steps=2))
+    b = capture(CaptureRequest("torch", obs, root / "b.trace", lerobot=out, resize="lerobot", steps=2))
+    return root, ck, out, obs, a.out, b.out
+
+
+def test_compare_passes_and_writes_reports(traces):
+    root, *_, a, b = traces
+    c = compare_command(a, b, tolerances=root / "loose.json", json_out=root / "r.json", html_out=root / "r.html")
+    assert c.passed
+    rep = json.loads((root / "r.json").read_text())
+    assert rep["passed"] and rep["first_diverging"] is None and len(rep["stages"]) == len(c.results)
+    checks = {" ".join(p["check"].split(" ")[:2]) for p in rep["preprocessing"]}
+    assert {"resize base_0_rgb", "resize left_wrist_0_rgb", "token ids", "state bins"} <= checks, checks
+    page = (root / "r.html").read_text()
+    assert "<svg" in page and "preprocessing parity" in page and "PASS" in page and "<script" not in page
+
+
+def test_compare_exits_1_on_a_broken_tolerance(traces):
+    root, *_, a, b = traces
+    with pytest.raises(ParityFailure, match="first diverging stage actions"):
+        compare_command(a, b, tolerances=root / "broken.json", json_out=root / "f.json")
+    assert json.loads((root / "f.json").read_text())["first_diverging"] == "actions"
+    proc = subprocess.run([sys.executable, "-m", "pibridge.parity.run", "compare", str(a), str(b), "--tolerances",
+                           str(root / "broken.json")], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "first diverging stage: actions" in proc.stdout.replace("\n", " ")
+    ok = subprocess.run([sys.executable, "-m", "pibridge.parity.run", "compare", str(a), str(b), "--tolerances",
+                         str(root / "loose.json")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_compare_bad_input_exits_2(traces, tmp_path):
+    root, *_, a, b = traces
+    proc = subprocess.run([sys.executable, "-m", "pibridge.parity.run", "compare", str(a), str(tmp_path / "none"),
+                           "--tolerances", str(root / "loose.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_preprocessing_parity_from_both_records(traces):
+    *_, a, b = traces
+    from pibridge.parity.trace import read_trace
+
+    pre = preprocessing_parity(read_trace(a).meta, read_trace(b).meta)
+    resize = [c for c in pre.checks if c.check.startswith("resize")]
+    assert len(resize) == 2 and all(c.ok is None and "cosine 0.99" in c.detail for c in resize)
+    assert {c.check: c.ok for c in pre.checks if c.ok is not None} == {"prompt text": True, "token ids": True,
+                                                                       "state bins": True}
+    other = preprocessing_parity({"preprocessing": {"tokens": [[2, 5], [2, 6]], "state_bins": [[1, 2], [3, 4]]}},
+                                 {"preprocessing": {"tokens": [[2, 5], [2, 7]], "state_bins": [[1, 2], [3, 5]]}})
+    res = {c.check: c for c in other.checks}
+    assert res["token ids"].ok is False and "1/2 samples equal" in res["token ids"].detail
+    assert res["state bins"].ok is False and "1 bins differ" in res["state bins"].detail
+    assert isinstance(other, PreprocessingParity) and other.rows()[0][1] == "DIFFERENT"
+
+
+def test_capture_argv_and_bad_torch_stack(traces):
+    root, ck, out, obs, *_ = traces
+    argv = capture_argv("py", "torch", obs, root / "t", lerobot=out, shared_inputs=None, no_fixes=True, steps=3)
+    assert argv[:4] == ["py", "-m", "pibridge.parity.run", "capture"]
+    assert "--no-fixes" in argv and "--shared-inputs" not in argv and argv[-2:] == ["--steps", "3"]
+    with pytest.raises(PibridgeError, match="torch-stack"):
+        run(RunRequest(openpi=ck, lerobot=out, torch_stack="nope", tolerances=root / "loose.json"))
+
+
+def test_run_subprocesses_shared_preprocessing(traces):
+    root, ck, out, obs, *_ = traces
+    cmd = [sys.executable, "-m", "pibridge.parity.run", "run", "--openpi", str(ck), "--lerobot", str(out),
+           "--obs", str(obs), "--shared-preprocessing", "--steps", "2", "--tolerances", str(root / "loose.json"),
+           "--html", str(root / "run.html"), "--json", str(root / "run.json"), "--workdir", str(root / "w")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rep = json.loads((root / "run.json").read_text())
+    assert rep["passed"] and (root / "w" / "inputs.safetensors").is_file()
+    acts = next(s for s in rep["stages"] if s["name"] == "actions")
+    assert acts["metrics"]["max_abs"] <= 1e-4
+    assert any("jax stack" in n for n in rep["notes"]) and (root / "run.html").stat().st_size > 5000
+
+
+LR_PYTHON = Path(__file__).resolve().parents[1] / ".venvs" / "lr-0.6.1" / "bin" / "python"
+
+
+@pytest.mark.skipif(not LR_PYTHON.is_file(), reason="no LeRobot 0.6.1 venv (tools/lerobot_env.sh makes one)")
+def test_run_real_lerobot_stack_in_its_own_interpreter(traces):
+    root, ck, out, _, *_ = traces
+    obs = root / "all_cameras.safetensors"  # LeRobot has no per-sample camera mask: every filled camera present
+    obs_command(obs, profile=str(out))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
+               PIBRIDGE_LEROBOT_PRELOAD=str(Path(__file__).parent / "lerobot" / "tiny_patch.py"))
+    cmd = [sys.executable, "-m", "pibridge.parity.run", "run", "--openpi", str(ck), "--lerobot", str(out),
+           "--obs", str(obs), "--shared-preprocessing", "--steps", "2", "--tolerances", str(root / "loose.json"),
+           "--torch-stack", "lerobot", "--torch-python", str(LR_PYTHON), "--json", str(root / "lr.json"),
+           "--workdir", str(root / "lr")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rep = json.loads((root / "lr.json").read_text())
+    acts = next(s for s in rep["stages"] if s["name"] == "actions")
+    assert acts["status"] == "pass" and acts["metrics"]["max_abs"] <= 1e-4
+    assert any(n.startswith("B: lerobot stack") for n in rep["notes"])
