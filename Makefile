@@ -12,7 +12,7 @@ OPENPI_SRC ?=
 help:
 	@echo "make setup    create $(VENV) (Python 3.11) with pibridge[all] and the CPU torch wheel"
 	@echo "make test     the whole gate (what CI runs)"
-	@echo "make demo     synthetic tiny pi05 checkpoint -> inspect (offline)"
+	@echo "make demo     synthetic tiny pi05 checkpoint -> convert -> parity report (offline)"
 	@echo "make goldens  OPENPI_SRC=path/to/openpi: regenerate goldens, validated against OpenPI's own model code"
 	@echo "make bench    full-size benchmarks (minutes, ~15 GB disk)"
 
@@ -33,7 +33,12 @@ test-all: setup
 demo: setup
 	rm -rf demo-out && mkdir -p demo-out
 	$(BIN)/pibridge synth --variant tiny-pi05 --profile pi05_droid --asset-id droid demo-out/ckpt
-	$(BIN)/pibridge inspect demo-out/ckpt --no-leaves
+	$(BIN)/pibridge convert demo-out/ckpt demo-out/lerobot --profile pi05_droid --allow-tiny \
+	  --camera-map base_0_rgb=top,left_wrist_0_rgb=wrist --tokenizer tests/data/test_spm.model --fold-norm-eps
+	$(BIN)/pibridge parity obs --profile pi05_droid demo-out/obs.safetensors
+	$(BIN)/pibridge parity run --openpi demo-out/ckpt --lerobot demo-out/lerobot --obs demo-out/obs.safetensors \
+	  --html demo-out/report.html --json demo-out/report.json --workdir demo-out/parity
+	@echo "report: demo-out/report.html"
 
 goldens: setup
 	@test -n "$(OPENPI_SRC)" || { echo "set OPENPI_SRC=path/to/openpi checkout" >&2; exit 2; }
