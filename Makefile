@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # The CPU-only torch wheel is a Makefile/CI choice, not a package requirement (pyproject pins no torch version).
 TORCH_PIN ?= torch==2.13.0
 OPENPI_SRC ?=
+OPENPI_PY ?= $(OPENPI_SRC)/.venv/bin/python
+OPENPI_COMMIT ?=
 
 .PHONY: setup test test-all demo goldens bench clean help
 
@@ -41,8 +43,8 @@ demo: setup
 	@echo "report: demo-out/report.html"
 
 goldens: setup
-	@test -n "$(OPENPI_SRC)" || { echo "set OPENPI_SRC=path/to/openpi checkout" >&2; exit 2; }
-	@echo "goldens arrive with the parity harness (issue 5)"; exit 2
+	@test -n "$(OPENPI_SRC)" || { echo "set OPENPI_SRC=path/to/openpi checkout (and OPENPI_PY=its scratch venv python)" >&2; exit 2; }
+	$(BIN)/python tools/make_goldens.py --openpi-src $(OPENPI_SRC) --openpi-python $(OPENPI_PY) $(if $(OPENPI_COMMIT),--openpi-commit $(OPENPI_COMMIT))
 
 bench: setup
 	$(BIN)/python bench/synth_full.py

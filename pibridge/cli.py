@@ -114,6 +114,31 @@ def convert(
         force=force))
 
 
+@app.command()
+def check(
+    out: Annotated[Path, typer.Argument(help="LeRobot policy directory written by `pibridge convert` (reads its pibridge.json).")],
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too (runtime fixes needed, runtime differs from the target).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable findings.")] = False,
+) -> None:
+    """Is the installed runtime safe for this policy? Probes transformers on tiny modules and names the runtime fix to apply."""
+    from pibridge.parity.check import command_check
+
+    raise typer.Exit(command_check(out, strict=strict, as_json=as_json))
+
+
+@app.command()
+def fixes(
+    transformers: Annotated[Optional[str], typer.Option(help="Runtime transformers version (unset: any).")] = None,
+    lerobot: Annotated[Optional[str], typer.Option(help="Runtime LeRobot version (unset: any).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Runtime dtype: float32 or bfloat16 (unset: any).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable rows.")] = False,
+) -> None:
+    """List the numeric fixes (configs/fixes.json) that apply to a runtime."""
+    from pibridge.parity.check import command_fixes
+
+    command_fixes(transformers, lerobot, dtype, as_json=as_json)
+
+
 parity_app = typer.Typer(name="parity", help="Prove numeric parity stage by stage: observations, captures, comparisons.",
                          no_args_is_help=True)
 app.add_typer(parity_app, name="parity")

@@ -29,6 +29,7 @@ class Rule:
     max_abs: float
     min_cosine: float
     kind: str = "model"  # "model" or "preprocessing"
+    why: str = ""  # where the numbers come from (configs/tolerances.json)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def load_rules(path: Path | None = None) -> list[Rule]:
         return [Rule(**r) for r in raw["rules"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PibridgeError(f"tolerance file {path} is invalid ({err})",
-                            'JSON {"rules": [{"pattern", "precision", "max_abs", "min_cosine", "kind"}, ...]}',
+                            'JSON {"rules": [{"pattern", "precision", "max_abs", "min_cosine", "kind", "why"}, ...]}',
                             "fix the file; pibridge/configs/tolerances.json is the reference") from None
 
 

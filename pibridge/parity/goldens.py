@@ -1,0 +1,145 @@
+"""Goldens: JAX-stack traces of tiny variants, validated against OpenPI's own Pi0 when made
+(tools/make_goldens.py, `make goldens OPENPI_SRC=...`), checked by tests/test_goldens.py.
+
+Per variant (tiny-pi05 with profile pi05_droid, tiny-pi0 with pi0_droid) one deterministic synthetic checkpoint
+(synth formula, seed 0, sharp attention + outlier channels) and one observation: batch 2, a long and a short
+prompt, sample 1's left-wrist camera masked, non-square images. Files in the golden directory:
+  inputs-<variant>.safetensors   the model inputs after OpenPI's preprocessing (images as the resized uint8
+                                 (B, C, 224, 224, 3); float = uint8 / 255 * 2 - 1, openpi model.py:115-118),
+                                 masks, normalized state, tokens, the noise (B, A, 32); metadata: the observation
+                                 fingerprint and prompts. Enough to rerun either stack without jax or PIL.
+  (the raw observation is not stored, to keep the goldens small: golden_observation(spec) rebuilds it, and its
+  fingerprint is recorded and checked.)
+  <variant>-<precision>.safetensors  the trace (parity/trace.py) without `input/image` (it is in the inputs
+                                 file); metadata: OpenPI commit, OpenPI-vs-ours actions max-abs, checkpoint and
+                                 observation fingerprints, synth arguments, jax / flax versions.
+Axis legend: B batch, C cameras, L tokens, A action horizon.
+Numpy + safetensors only at import time (the OpenPI scratch venv imports this module).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pibridge.errors import PibridgeError
+
+OPENPI_COMMIT = "15a9616a00943ada6c20a0f158e3adb39df2ccac"
+NUM_STEPS = 5  # Euler steps recorded in the goldens (OpenPI's default is 10; 5 keeps the test gate short)
+DROPPED_STAGES = ("input/image",)  # stored once per variant in inputs-<variant>.safetensors
+FP32_LIMIT = 1e-5  # OpenPI vs ours, float32 actions max-abs (issue 5 item 6)
+PROMPTS = ("pick up the red block on the left and put it in the gray bin next to the robot", "fold the towel")
+MASKED = {1: ["left_wrist_0_rgb"]}
+IMAGE_SIZES = {"base_0_rgb": (240, 320), "left_wrist_0_rgb": (120, 160)}  # right wrist: empty in *_droid
+
+
+@dataclass(frozen=True)
+class GoldenSpec:
+    variant: str
+    profile: str
+    seed: int = 0
+    sharp_attention: bool = True
+    outliers: bool = True
+    asset_id: str = "droid"
+
+    def trace_name(self, precision: str) -> str:
+        return f"{self.variant}-{precision}.safetensors"
+
+    @property
+    def inputs_name(self) -> str:
+        return f"inputs-{self.variant}.safetensors"
+
+
+SPECS = (GoldenSpec("tiny-pi05", "pi05_droid"), GoldenSpec("tiny-pi0", "pi0_droid"))
+PRECISIONS = ("float32", "bf16")
+
+
+def spec_for(variant: str) -> GoldenSpec:
+    for s in SPECS:
+        if s.variant == variant:
+            return s
+    raise PibridgeError(f"no golden for variant {variant!r}", f"one of {[s.variant for s in SPECS]}",
+                        "pick a variant that has goldens")
+
+
+def write_checkpoint(spec: GoldenSpec, out: Path):
+    """The golden's checkpoint, written with the version-stable synth formula (returns the SynthResult)."""
+    from pibridge.convert.synth import write_synthetic_checkpoint
+
+    return write_synthetic_checkpoint(out, variant=spec.variant, seed=spec.seed, profile=spec.profile,
+                                      asset_id=spec.asset_id, sharp_attention=spec.sharp_attention,
+                                      outliers=spec.outliers)
+
+
+def golden_observation(spec: GoldenSpec):
+    from pibridge.convert.profile import load_profile
+    from pibridge.parity.observation import synthetic_observation
+
+    prof = load_profile(spec.profile)
+    return synthetic_observation(batch=2, horizon=prof.action_horizon, state_dim=prof.state_dim,
+                                 prompts=list(PROMPTS), seed=spec.seed, image_sizes=IMAGE_SIZES, masked=MASKED)
+
+
+def golden_inputs(spec: GoldenSpec, obs, ckpt: Path, tokenizer_path: Path):
+    """OpenPI's host preprocessing (parity/openpi_preprocess.py) of the observation -> Preprocessed."""
+    from pibridge.convert.profile import load_profile
+    from pibridge.convert.reader import open_checkpoint
+    from pibridge.parity.openpi_preprocess import observation_dict, preprocess_detailed
+    from pibridge.parity.tokenizer import load_tokenizer
+
+    stats = open_checkpoint(ckpt).norm_stats(spec.asset_id)
+    return preprocess_detailed(observation_dict(obs), load_profile(spec.profile), stats, load_tokenizer(tokenizer_path))
+
+
+def save_inputs(path: Path, pre, noise: np.ndarray, meta: dict) -> None:
+    from safetensors.numpy import save_file
+
+    x = pre.inputs
+    tensors = {"images_uint8": np.ascontiguousarray(pre.images_uint8, np.uint8),
+               "image_mask": x.image_mask.astype(np.uint8), "state": x.state, "tokens": x.tokens,
+               "token_mask": x.token_mask.astype(np.uint8), "noise": np.ascontiguousarray(noise, np.float32)}
+    save_file(tensors, str(path), metadata={"pibridge_golden_inputs": json.dumps(meta)})
+
+
+def load_inputs(path: Path):
+    """-> (ModelInputs, noise (B, A, 32), metadata)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    from pibridge.parity.inputs import ModelInputs
+
+    path = Path(path)
+    if not path.is_file():
+        raise PibridgeError(f"golden inputs {path} not found", "files written by tools/make_goldens.py",
+                            "run `make goldens OPENPI_SRC=...`")
+    with safe_open(str(path), "np") as f:
+        meta = json.loads(f.metadata()["pibridge_golden_inputs"])
+    t = load_file(str(path))
+    images = t["images_uint8"].astype(np.float32) / 255.0 * 2.0 - 1.0  # openpi model.py:115-118 (uint8 -> [-1, 1])
+    inputs = ModelInputs(images, t["image_mask"].astype(bool), t["state"], t["tokens"], t["token_mask"].astype(bool))
+    return inputs, t["noise"], meta
+
+
+def trace_meta(spec: GoldenSpec, precision: str, *, synth, obs_fingerprint: str, openpi_commit: str,
+               openpi_max_abs: float, openpi_cosine: float) -> dict:
+    import flax
+    import jax
+
+    return {"stack": "jax", "precision": precision, "golden": True, "num_steps": NUM_STEPS,
+            "openpi_commit": openpi_commit, "openpi_actions_max_abs": openpi_max_abs,
+            "openpi_actions_cosine": openpi_cosine, "checkpoint_fingerprint": synth.fingerprint,
+            "observation_fingerprint": obs_fingerprint, "synth": asdict(spec), "profile": spec.profile,
+            "dropped_stages": list(DROPPED_STAGES), "versions": {"jax": jax.__version__, "flax": flax.__version__}}
+
+
+def jax_golden_stages(params, variant, inputs, noise, precision: str):
+    """Run the JAX stack recording every stage; returns (actions, stages without DROPPED_STAGES)."""
+    from pibridge.parity.jax_stack import run_policy
+    from pibridge.parity.stages import StageRecorder
+
+    rec = StageRecorder()
+    actions = run_policy(params, variant, inputs, noise, precision=precision, num_steps=NUM_STEPS, record=rec)
+    return actions, [s for s in rec if s.name not in DROPPED_STAGES]
