@@ -15,6 +15,7 @@ import pytest
 
 from pibridge.convert import reader as reader_mod
 from pibridge.convert.reader import open_checkpoint
+from pibridge.convert.tree import flatten
 from pibridge.errors import PibridgeError
 
 RNG = np.random.default_rng(0)
@@ -26,13 +27,6 @@ TREE = {  # an OpenPI-like tree with mixed dtypes (LoRA fine-tunes store frozen 
 }
 
 
-def _flat(tree, prefix=()):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flat(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
-
 
 def _orbax_write(step: Path, training: bool) -> Path:
     jax = pytest.importorskip("jax")
@@ -40,7 +34,7 @@ def _orbax_write(step: Path, training: bool) -> Path:
     tree = TREE
     if training:  # nnx.State leaves end in "value" (openpi training/checkpoints.py:84)
         tree = {}
-        for path, arr in _flat(TREE):
+        for path, arr in flatten(TREE).items():
             node = tree
             for k in path:
                 node = node.setdefault(k, {})
@@ -68,7 +62,7 @@ def test_reads_orbax_written_checkpoint(orbax_ckpts, layout):
     for path in (orbax_ckpts[layout], orbax_ckpts[layout] / "params"):  # step dir or its params/ dir
         ck = open_checkpoint(path)
         assert ck.layout == layout and ck.root == orbax_ckpts[layout]
-        expected = dict(_flat(TREE))
+        expected = flatten(TREE)
         assert list(ck.leaves) == sorted(expected)  # orbax's flatten order = sorted keys
         for p, arr in expected.items():
             info = ck.leaves[p]
@@ -158,5 +152,5 @@ def test_reads_pre_ocdbt_orbax_layout(tmp_path):
         c.save(tmp_path / "params", args=ocp.args.PyTreeSave(jax.device_put({"params": TREE})))
     assert not (tmp_path / "params" / "manifest.ocdbt").exists()
     ck = open_checkpoint(tmp_path)
-    for path, arr in _flat(TREE):
+    for path, arr in flatten(TREE).items():
         assert ck.read(path).tobytes() == arr.tobytes() and ck.leaves[path].dtype == arr.dtype.name

@@ -19,7 +19,7 @@ from pibridge.configs import load_variant
 from pibridge.convert import ocdbt, synth_weights
 from pibridge.convert.reader import open_checkpoint
 from pibridge.convert.synth import write_synthetic_checkpoint
-from pibridge.convert.tree import count_params, openpi_tree_shapes
+from pibridge.convert.tree import flatten, count_params, openpi_tree_shapes
 from pibridge.errors import PibridgeError
 
 PINNED = {  # tiny-pi05, seed 0, no options: changes only if the formula, plan or numpy/ml_dtypes arithmetic changes
@@ -40,13 +40,6 @@ def written(tmp_path_factory) -> dict[tuple[str, str], Path]:
     return out
 
 
-def _flat(tree, prefix=()):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flat(v, prefix + (k,))
-        else:
-            yield prefix + (k,), v
-
 
 def _bits(a) -> bytes:
     return np.ascontiguousarray(a).tobytes()
@@ -60,7 +53,7 @@ def test_orbax_restores_synth_identically_to_reader(written, dtype, layout):
         meta = dict(c.metadata(ck.params_dir).item_metadata)
         restored = c.restore(ck.params_dir, args=ocp.args.PyTreeRestore(item=meta, restore_args={
             "params": _map_tree(meta["params"], lambda _: ocp.RestoreArgs(restore_type=np.ndarray))}))
-    flat = dict(_flat(restored["params"]))
+    flat = flatten(restored["params"])
     strip = (lambda k: k[:-1]) if layout == "training" else (lambda k: k)
     assert all(k[-1] == "value" for k in flat) == (layout == "training")
     assert {strip(k) for k in flat} == set(ck.leaves) == set(openpi_tree_shapes(load_variant("tiny-pi05")))
@@ -68,7 +61,7 @@ def test_orbax_restores_synth_identically_to_reader(written, dtype, layout):
         ours = ck.read(strip(key))
         assert arr.dtype == ours.dtype == np.dtype(dtype if dtype == "float32" else ml_dtypes.bfloat16)
         assert arr.shape == ours.shape and _bits(arr) == _bits(ours), key
-    md = dict(_flat(meta["params"]))
+    md = flatten(meta["params"])
     assert {strip(k): (tuple(m.shape), str(m.dtype)) for k, m in md.items()} == \
         {p: (i.shape, i.dtype) for p, i in ck.leaves.items()}
 

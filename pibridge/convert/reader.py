@@ -26,6 +26,7 @@ import tensorstore as ts
 
 from pibridge.convert import normstats
 from pibridge.convert.fingerprint import Fingerprint
+from pibridge.convert.tree import nest
 from pibridge.errors import PibridgeError
 
 TreePath = tuple[str, ...]
@@ -125,13 +126,7 @@ class OpenPICheckpoint:
 
     def read_tree(self, dtype: str | np.dtype | None = None) -> dict:
         """Nested dict like OpenPI's restore_params returns (use on tiny models: loads everything)."""
-        tree: dict = {}
-        for path in self.leaves:
-            node = tree
-            for k in path[:-1]:
-                node = node.setdefault(k, {})
-            node[path[-1]] = self.read(path, dtype)
-        return tree
+        return nest({path: self.read(path, dtype) for path in self.leaves})
 
     def iter_leaves(self) -> Iterator[tuple[TreePath, np.ndarray]]:
         """Every leaf, one at a time (memory: the largest leaf)."""

@@ -9,6 +9,8 @@ lora.py:44-148} at commit 15a9616; all params float32 at init (nnx/linen default
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pibridge.configs import GemmaSize, SiglipSize, Variant
 
 Path = tuple[str, ...]
@@ -102,3 +104,25 @@ def count_params(shapes: dict[Path, tuple[int, ...]]) -> int:
             n *= d
         total += n
     return total
+
+
+def flatten(tree: Mapping, prefix: Path = ()) -> dict[Path, object]:
+    """Nested dict -> {path tuple: leaf} (keys as str)."""
+    flat: dict[Path, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix + (str(key),)))
+        else:
+            flat[prefix + (str(key),)] = value
+    return flat
+
+
+def nest(flat: Mapping[Path, object]) -> dict:
+    """{path tuple: leaf} -> nested dict (inverse of flatten)."""
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import jax
 
 from pibridge.configs import Variant
-from pibridge.convert.tree import openpi_tree_shapes
+from pibridge.convert.tree import flatten, nest, openpi_tree_shapes
 from pibridge.errors import PibridgeError
 from pibridge.parity.jax_stack.precision import PrecisionPolicy
 
@@ -33,26 +33,6 @@ class ModelParams:
     pi05: bool
     variant: str  # Variant.name the tree was checked against
     precision: str  # PrecisionPolicy.name the leaves were cast for
-
-
-def flatten(tree: Mapping, prefix: Path = ()) -> dict[Path, object]:
-    flat: dict[Path, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, prefix + (str(key),)))
-        else:
-            flat[prefix + (str(key),)] = value
-    return flat
-
-
-def nest(flat: Mapping[Path, object]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
 
 
 def _normalize_paths(flat: dict[Path, object]) -> dict[Path, object]:
