@@ -9,14 +9,16 @@ OPENPI_SRC ?=
 OPENPI_PY ?= $(OPENPI_SRC)/.venv/bin/python
 OPENPI_COMMIT ?=
 
-.PHONY: setup test test-all demo goldens bench clean help
+.PHONY: setup test test-all demo goldens bench clean help matrix matrix-venvs canary
 
 help:
 	@echo "make setup    create $(VENV) (Python 3.11) with pibridge[all] and the CPU torch wheel"
 	@echo "make test     the whole gate (what CI runs)"
 	@echo "make demo     synthetic tiny pi05 checkpoint -> convert -> parity report (offline)"
 	@echo "make goldens  OPENPI_SRC=path/to/openpi: regenerate goldens, validated against OpenPI's own model code"
-	@echo "make bench    full-size benchmarks (minutes, ~15 GB disk)"
+	@echo "make bench    full-size benchmarks (minutes, ~30 GB disk at peak)"
+	@echo "make matrix   torch stack vs goldens on every supported transformers release (own small venvs)"
+	@echo "make canary   newest jax / flax / orbax / transformers vs the goldens (early warning, not in the gate)"
 
 $(BIN)/pibridge: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,11 +28,22 @@ $(BIN)/pibridge: pyproject.toml
 
 setup: $(BIN)/pibridge
 
-test: setup
+# the gate includes a subset of the transformers matrix: small cached venvs under .venvs/tf-<version>
+matrix-venvs: setup
+	$(BIN)/python tools/tfvenv.py --gate
+
+test: setup matrix-venvs
 	$(BIN)/python -m pytest -q
 
 test-all: setup
+	$(BIN)/python tools/tfvenv.py --matrix
 	$(BIN)/python -m pytest -q -m ""
+
+matrix: setup
+	$(BIN)/python tools/matrix.py
+
+canary: setup
+	$(BIN)/python tools/canary.py
 
 demo: setup
 	rm -rf demo-out && mkdir -p demo-out
@@ -48,6 +61,7 @@ goldens: setup
 
 bench: setup
 	$(BIN)/python bench/synth_full.py
+	$(BIN)/python bench/convert_full.py
 
 clean:
 	rm -rf demo-out .pytest_cache build *.egg-info

@@ -44,9 +44,9 @@ def bypass_image_feature_division(policy) -> int:
     original = pg_model.get_image_features
 
     def get_image_features(self, pixel_values, **kwargs):
-        out = original(pixel_values, **kwargs)
-        if isinstance(out, torch.Tensor):  # 4.x: a tensor; recompute from the tower
+        if not compat.image_features_return_output():  # 4.x returns a tensor: tower -> projector, undivided
             return self.multi_modal_projector(self.vision_tower(pixel_values).last_hidden_state)
+        out = original(pixel_values, **kwargs)  # 5.0-5.3: keep the output object, replace pooler_output
         out.pooler_output = self.multi_modal_projector(out.last_hidden_state)
         return out
 
@@ -98,18 +98,31 @@ def undo_double_scaling(policy) -> int:
     return n
 
 
+def exact_fp32_attention(policy) -> int:
+    """Opt-in: RoPE rotation (cos/sin and q/k) in fp32 rounded once, attention logits and softmax in fp32,
+    as OpenPI does (gemma.py:203-227, :424-440). Patches the Gemma attention / rotary modules in place."""
+    from pibridge.parity.torch_stack import exact
+
+    return exact.install(_pwe(policy))
+
+
 FIX_FUNCTIONS = {f.__name__: f for f in (restore_rope_inv_freq, bypass_image_feature_division,
-                                         scale_text_embeddings, undo_double_scaling)}
+                                         scale_text_embeddings, undo_double_scaling, exact_fp32_attention)}
+OPT_IN_KIND = "runtime-opt-in"
 
 
 def apply_runtime_fixes(policy, *, runtime_dtype: str, lerobot_version: str = "0.6.1",
-                        transformers_version: str | None = None) -> dict[str, int]:
-    """Apply every runtime fix that configs/fixes.json lists for this runtime. Returns {fix id: places changed}."""
+                        transformers_version: str | None = None, exact_fp32: bool = False,
+                        skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """Apply every runtime fix that configs/fixes.json lists for this runtime (plus the opt-in
+    `runtime-opt-in` records when exact_fp32=True), except the ids in `skip` (tests that show one defect).
+    Returns {fix id: places changed}."""
     from pibridge.convert.fixtable import applicable_fixes
 
     tv = transformers_version or compat.transformers_version()
+    kinds = ("runtime", OPT_IN_KIND) if exact_fp32 else ("runtime",)
     done = {}
     for fix in applicable_fixes(tv, lerobot_version, runtime_dtype):
-        if fix.kind == "runtime" and fix.function:
+        if fix.kind in kinds and fix.function and fix.id not in skip:
             done[fix.id] = FIX_FUNCTIONS[fix.function](policy)
     return done

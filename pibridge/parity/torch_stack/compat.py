@@ -1,14 +1,22 @@
 """Named compatibility shims over the installed transformers release (the only place that looks at versions
-or API shapes). Supported: transformers 4.53 ... 5.24 (see configs when the version matrix lands).
+or API shapes). The supported range is declared once in configs/transformers_support.json and enforced by
+`check_supported` (called by model.load_policy).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
 from functools import cache
 
 import torch
+
+from pibridge.configs import CONFIG_DIR
+from pibridge.errors import PibridgeError
+
+ALLOW_UNSUPPORTED_ENV = "PIBRIDGE_ALLOW_UNSUPPORTED_TRANSFORMERS"
 
 
 @cache
@@ -16,6 +24,38 @@ def transformers_version() -> str:
     import transformers
 
     return transformers.__version__
+
+
+@cache
+def supported_range() -> dict:
+    """configs/transformers_support.json "supported": min, max, specifier, newest_on_registry."""
+    return json.loads((CONFIG_DIR / "transformers_support.json").read_text())["supported"]
+
+
+def is_supported(version: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        release = Version(Version(version).base_version)  # 5.25.0.dev0 -> 5.25.0
+    except InvalidVersion:
+        return False
+    return release in SpecifierSet(supported_range()["specifier"])
+
+
+def check_supported(version: str | None = None) -> str:
+    """Raise PibridgeError naming the supported range when `version` (default: the installed transformers) is
+    outside it. PIBRIDGE_ALLOW_UNSUPPORTED_TRANSFORMERS=1 (used by `make canary`) lets a newer release run."""
+    version = version or transformers_version()
+    if is_supported(version) or os.environ.get(ALLOW_UNSUPPORTED_ENV) == "1":
+        return version
+    r = supported_range()
+    raise PibridgeError(
+        f"transformers {version} is outside the releases pibridge's torch stack supports",
+        f"a transformers release from {r['min']} through {r['max']}.x ({r['specifier']}; "
+        "pibridge/configs/transformers_support.json)",
+        f"install a supported release, e.g. pip install 'transformers{r['specifier']}' "
+        f"({ALLOW_UNSUPPORTED_ENV}=1 runs anyway, unverified)")
 
 
 @cache
@@ -28,6 +68,12 @@ def attention_cache_kwarg() -> str:
         if name in params:
             return name
     raise RuntimeError(f"transformers {transformers_version()}: GemmaAttention.forward takes no KV-cache argument")
+
+
+def image_features_return_output() -> bool:
+    """get_image_features returns BaseModelOutputWithPooling from 5.0 (a tensor up to 4.57; reference
+    transformers.md section 1)."""
+    return int(transformers_version().split(".")[0]) >= 5
 
 
 def image_features(paligemma_model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -75,6 +121,15 @@ def materialize_buffers(root: torch.nn.Module) -> None:
                 raise RuntimeError(f"transformers {transformers_version()}: unknown buffer {mod_name}.{buf_name}; "
                                    "pibridge does not know how to initialise it (new release? see compat.py)")
             module.register_buffer(buf_name, value.to(buf.dtype), persistent=False)
+        _realias_original_inv_freq(module)
+
+
+def _realias_original_inv_freq(module: torch.nn.Module) -> None:
+    """4.x keeps `original_inv_freq` as a plain attribute aliasing inv_freq (not a buffer, 4.53.3
+    modeling_gemma.py:100-101): after a meta build it still points at the meta tensor; re-alias it."""
+    orig = module.__dict__.get("original_inv_freq")
+    if isinstance(orig, torch.Tensor) and orig.device.type == "meta":
+        module.original_inv_freq = module.inv_freq
 
 
 def _head_dim(config) -> int:

@@ -162,8 +162,14 @@ def embed_suffix(policy: TorchPolicy, state, x_t, t):
 
 @torch.no_grad()
 def sample_actions(policy: TorchPolicy, inputs: ModelInputs, noise: np.ndarray, *, num_steps: int = 10,
-                   recorder: StageRecorder | None = None, semantics: str = "0.6") -> np.ndarray:
-    """Euler flow matching from t=1 (noise) to 0 (lerobot common/flow_matching.py euler_integrate): actions (B, A, 32)."""
+                   recorder: StageRecorder | None = None, semantics: str = "0.6",
+                   exact_fp32: bool = False) -> np.ndarray:
+    """Euler flow matching from t=1 (noise) to 0 (lerobot common/flow_matching.py euler_integrate): actions (B, A, 32).
+    exact_fp32=True installs the opt-in runtime fix `exact_fp32_attention` on the policy first (it stays on)."""
+    if exact_fp32:
+        from pibridge.parity.runtime_fixes import exact_fp32_attention
+
+        exact_fp32_attention(policy)
     rec = _Rec(recorder)
     images = torch.from_numpy(inputs.images)
     img_mask = torch.from_numpy(inputs.image_mask)

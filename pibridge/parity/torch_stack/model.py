@@ -150,33 +150,47 @@ def mmap_safetensors(path: Path) -> MappedWeights:
 
 def load_policy(out_dir: Path, variant: Variant, runtime_dtype: str) -> TorchPolicy:
     """Build on meta, assign OUT's weights with a strict key/shape check, then apply LeRobot's dtype policy."""
+    compat.check_supported()
     weights_path = Path(out_dir) / "model.safetensors"
     if not weights_path.is_file():
         raise PibridgeError(f"{weights_path} not found", "a LeRobot policy directory written by `pibridge convert`",
                             "convert the checkpoint first: pibridge convert CKPT OUT")
+    mapped = mmap_safetensors(weights_path)
+    policy = policy_from_tensors(mapped.tensors, variant, runtime_dtype, source=str(weights_path))
+    policy._mapped = mapped  # keep the mapping alive as long as the tensors
+    return policy
+
+
+def policy_from_tensors(tensors: dict[str, torch.Tensor], variant: Variant, runtime_dtype: str, *,
+                        source: str = "the state dict", adapt_vision_keys: bool = True) -> TorchPolicy:
+    """load_policy on an in-memory LeRobot state dict (tests, test-size variants built with
+    state_dict_from_numpy). adapt_vision_keys=False loads the keys as given (shows the 5.6 SigLIP rename)."""
+    compat.check_supported()
     with torch.device("meta"):
         policy = TorchPolicy(variant)
-    mapped = mmap_safetensors(weights_path)
     flat = not hasattr(policy.model.paligemma_with_expert.paligemma.model.vision_tower, "vision_model")
-    renames = compat.adapt_vision_keys(mapped.tensors, flat)
-    mapped = MappedWeights({renames[k]: v for k, v in mapped.tensors.items()}, mapped.mapping)
+    renames = compat.adapt_vision_keys(tensors, flat) if adapt_vision_keys else {k: k for k in tensors}
+    tensors = {renames[k]: v for k, v in tensors.items()}
     policy.vision_keys_renamed = sum(k != v for k, v in renames.items())
+    _check_keys(policy, tensors, variant, source)
+    policy.load_state_dict(tensors, strict=True, assign=True)
+    compat.materialize_buffers(policy)
+    apply_dtype_policy(policy, runtime_dtype)
+    return policy.eval()
+
+
+def _check_keys(policy: TorchPolicy, tensors: dict[str, torch.Tensor], variant: Variant, source: str) -> None:
     expected = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in mapped.tensors.items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
     if missing or unexpected or wrong:
         raise PibridgeError(
-            f"{weights_path} does not match the {variant.name} module tree of transformers {compat.transformers_version()}: "
+            f"{source} does not match the {variant.name} module tree of transformers {compat.transformers_version()}: "
             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong shape "
             f"(first: {(missing + unexpected + wrong)[:3]})",
             "exactly the keys and shapes of LeRobot's state dict for this runtime",
             "convert for the installed transformers version (pibridge convert --transformers-version)")
-    policy.load_state_dict(mapped.tensors, strict=True, assign=True)
-    policy._mapped = mapped  # keep the mapping alive as long as the tensors
-    compat.materialize_buffers(policy)
-    apply_dtype_policy(policy, runtime_dtype)
-    return policy.eval()
 
 
 def apply_dtype_policy(policy: TorchPolicy, runtime_dtype: str) -> None:
