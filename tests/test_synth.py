@@ -23,8 +23,8 @@ from pibridge.convert.tree import flatten, count_params, openpi_tree_shapes
 from pibridge.errors import PibridgeError
 
 PINNED = {  # tiny-pi05, seed 0, no options: changes only if the formula, plan or numpy/ml_dtypes arithmetic changes
-    "float32": "sha256:64f1418c71ba6433c857c2dd4b6b75572b7efda92f29e7f57a806a91d5bd84e5",
-    "bfloat16": "sha256:32e64922744c6e3463a4bfc5d7c86766c4e4c69c416abfc27a9841eaab3aacaa",
+    "float32": "sha256:4b726c6eebd18c046ad647e875e3c49c19daaffa27fe3e3798bdaebb9c866f61",
+    "bfloat16": "sha256:a021d8b38e7a6745e7a06c48743da1f40186f2b2177efab9570f04918d85d8f9",
 }
 CASES = [(d, lay) for d in ("float32", "bfloat16") for lay in ("released", "training")]
 

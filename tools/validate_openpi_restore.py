@@ -1,7 +1,8 @@
 """Prove that OpenPI's own code reads what `pibridge synth` writes, and that pibridge's reader reads OpenPI's own.
 
 Runs OUTSIDE the project venv, in a scratch venv with OpenPI's pins (orbax-checkpoint 0.11.13, which
-OpenPI's restore_params needs; jax 0.5.3, flax 0.10.2, numpy < 2, ml-dtypes 0.4.1, tensorstore 0.1.74):
+OpenPI's restore_params needs; jax 0.5.3, flax 0.10.2, numpy < 2, ml-dtypes 0.4.1, tensorstore 0.1.74; plus xxhash
+for pibridge's fingerprint):
 
     PYTHONPATH=/work/openpi-src/src:/work/main /work/openpi-venv-orbax011/bin/python \\
         tools/validate_openpi_restore.py [--pibridge-python /work/main/.venv/bin/python]

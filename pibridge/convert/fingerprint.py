@@ -1,7 +1,9 @@
 """Fingerprint of a parameter tree, independent of the order leaves are visited in.
 
-Per leaf: sha256 of its raw little-endian bytes in C order (fed in one piece or in C-order blocks). The
-fingerprint is sha256 over the sorted lines "<a/b/c path>|<dtype name>|<d0,d1,...>|<leaf sha256 hex>\\n"
+Per leaf: XXH3-128 of its raw little-endian bytes in C order (fed in one piece or in C-order blocks; a
+stable, specified hash at ~30 GB/s, so fingerprinting a 13 GB checkpoint costs under a second where sha256 cost
+~10 s of a conversion). The fingerprint is sha256 over the sorted lines
+"<a/b/c path>|<dtype name>|<d0,d1,...>|<leaf xxh3-128 hex>\\n"
 (path without the "params" root and without a trailing "value", so released and training layouts of the
 same weights agree). Written as "sha256:<hex>". Order independence lets the converter fingerprint its
 source while it streams leaves in plan order.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import xxhash
 
 Path = tuple[str, ...]
 
@@ -19,11 +22,11 @@ Path = tuple[str, ...]
 class Fingerprint:
     def __init__(self) -> None:
         self._lines: dict[str, str] = {}
-        self._current: tuple[str, hashlib._Hash] | None = None
+        self._current: tuple[str, xxhash.xxh3_128] | None = None
 
     def begin_leaf(self, path: Path, dtype: str, shape: tuple[int, ...]) -> None:
         self._end_leaf()
-        self._current = (f"{'/'.join(path)}|{dtype}|{','.join(str(d) for d in shape)}", hashlib.sha256())
+        self._current = (f"{'/'.join(path)}|{dtype}|{','.join(str(d) for d in shape)}", xxhash.xxh3_128())
 
     def update(self, block: np.ndarray) -> None:
         """Bytes of the next C-order piece of the current leaf."""
