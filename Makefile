@@ -9,7 +9,7 @@ OPENPI_SRC ?=
 OPENPI_PY ?= $(OPENPI_SRC)/.venv/bin/python
 OPENPI_COMMIT ?=
 
-.PHONY: setup test test-all demo goldens bench clean help matrix matrix-venvs canary
+.PHONY: setup test test-all demo goldens bench clean help matrix matrix-venvs canary lerobot-env
 
 help:
 	@echo "make setup    create $(VENV) (Python 3.11) with pibridge[all] and the CPU torch wheel"
@@ -32,7 +32,11 @@ setup: $(BIN)/pibridge
 matrix-venvs: setup
 	$(BIN)/python tools/tfvenv.py --gate
 
-test: setup matrix-venvs
+# the real LeRobot (Python 3.12): lerobot[pi]==0.6.1 and 0.5.1 + transformers 5.3.0, one shared torch (cached)
+lerobot-env:
+	tools/lerobot_env.sh
+
+test: setup matrix-venvs lerobot-env
 	$(BIN)/python -m pytest -q
 
 test-all: setup

@@ -1,0 +1,121 @@
+"""LeRobot third-party plugin: pibridge-converted policies get pibridge's load check and runtime fixes wherever
+LeRobot loads them (lerobot-eval, lerobot-record, lerobot-rollout, make_policy, PI05Policy.from_pretrained).
+
+LeRobot's scripts call `register_third_party_plugins()` (lerobot/utils/import_utils.py, v0.6.1), which imports
+every installed distribution named `lerobot_policy_*`; importing this module wraps `from_pretrained` of
+PI05Policy and PI0Policy. For a directory that holds pibridge.json (written by `pibridge convert`) the wrapper
+1. checks the load (LeRobot only prints a warning on missing / unexpected keys and keeps random weights): raises
+   PibridgeError naming the differences;
+2. applies pibridge.parity.runtime_fixes.apply_runtime_fixes for the installed transformers / LeRobot and the
+   policy's runtime dtype (e.g. fp32 RoPE inv_freq in bf16; undo double scaling on LeRobot 0.5 + transformers 5.4+).
+It also wraps the processor pipelines' `from_pretrained`: LeRobot <= 0.6.1 does not resolve a relative
+tokenizer path, and `pibridge convert` writes OUT/tokenizer's absolute path into policy_preprocessor.json; when
+that path no longer exists (OUT moved or copied to another machine) it points the tokenizer step at OUT/tokenizer.
+Any other directory or hub id loads exactly as before. Switch off with PIBRIDGE_RUNTIME_FIXES=0.
+Result on the policy: `policy.pibridge_fixes` {fix id: places changed}.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata as md
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("lerobot_policy_pibridge")
+POLICIES = (("lerobot.policies.pi05.modeling_pi05", "PI05Policy"), ("lerobot.policies.pi0.modeling_pi0", "PI0Policy"))
+
+
+def _pibridge_dir(path) -> Path | None:
+    p = Path(str(path)) if path is not None else None
+    return p if p is not None and (p / "pibridge.json").is_file() else None
+
+
+def after_load(policy, out: Path):
+    """Load check + runtime fixes for a pibridge-converted directory; returns the policy."""
+    from pibridge.parity.lerobot_stack import verify_load
+    from pibridge.parity.runtime_fixes import apply_runtime_fixes
+    from pibridge.errors import PibridgeError
+
+    check = verify_load(policy, out / "model.safetensors", "")
+    if not check.ok:
+        first = (check.missing + check.unexpected + check.wrong_shape + check.wrong_value)[:4]
+        raise PibridgeError(f"LeRobot {md.version('lerobot')} did not load {out} completely: {len(check.missing)} "
+                            f"missing, {len(check.unexpected)} unexpected, {len(check.wrong_shape)} wrong shape, "
+                            f"{len(check.wrong_value)} unequal (first: {first})",
+                            "every tensor of model.safetensors loaded", "convert for this LeRobot release")
+    fixes = {}
+    if os.environ.get("PIBRIDGE_RUNTIME_FIXES", "1") != "0":
+        fixes = apply_runtime_fixes(policy, runtime_dtype=policy.config.dtype, lerobot_version=md.version("lerobot"))
+    policy.pibridge_fixes = fixes
+    log.info("pibridge: %s loaded (%d tensors checked), runtime fixes %s", out, check.keys, fixes)
+    return policy
+
+
+def _wrap(cls) -> None:
+    original = cls.__dict__["from_pretrained"].__func__  # the classmethod's function
+    if getattr(original, "_pibridge", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(klass, pretrained_name_or_path=None, *args, **kwargs):
+        policy = original(klass, pretrained_name_or_path, *args, **kwargs)
+        out = _pibridge_dir(pretrained_name_or_path)
+        return after_load(policy, out) if out is not None else policy
+
+    from_pretrained._pibridge = True
+    cls.from_pretrained = classmethod(from_pretrained)
+
+
+def tokenizer_override(out: Path, config_filename: str) -> dict:
+    """{"tokenizer_processor": {"tokenizer_name": OUT/tokenizer}} when the stored tokenizer path is gone."""
+    import json
+
+    cfg_path, local = out / config_filename, out / "tokenizer"
+    if not cfg_path.is_file() or not local.is_dir():
+        return {}
+    for step in json.loads(cfg_path.read_text()).get("steps", []):
+        name = step.get("config", {}).get("tokenizer_name")
+        if step.get("registry_name") == "tokenizer_processor" and name and not Path(name).is_dir():
+            return {"tokenizer_processor": {"tokenizer_name": str(local.resolve())}}
+    return {}
+
+
+def _wrap_processors() -> None:
+    from lerobot.processor.pipeline import DataProcessorPipeline
+
+    original = DataProcessorPipeline.__dict__["from_pretrained"].__func__
+    if getattr(original, "_pibridge", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(klass, pretrained_model_name_or_path, config_filename, *args, overrides=None, **kwargs):
+        out = _pibridge_dir(pretrained_model_name_or_path)
+        extra = tokenizer_override(out, config_filename) if out is not None else {}
+        if extra:
+            overrides = {**(overrides or {}), **{k: {**(overrides or {}).get(k, {}), **v} for k, v in extra.items()}}
+        return original(klass, pretrained_model_name_or_path, config_filename, *args, overrides=overrides, **kwargs)
+
+    from_pretrained._pibridge = True
+    DataProcessorPipeline.from_pretrained = classmethod(from_pretrained)
+
+
+def install() -> list[str]:
+    done = []
+    try:
+        _wrap_processors()
+        done.append("DataProcessorPipeline")
+    except ImportError as err:
+        log.debug("pibridge plugin: processor pipeline not available (%s)", err)
+    for module, name in POLICIES:
+        try:
+            _wrap(getattr(importlib.import_module(module), name))
+            done.append(name)
+        except ImportError as err:  # e.g. lerobot without the [pi] extra: nothing to fix
+            log.debug("pibridge plugin: %s not available (%s)", name, err)
+    return done
+
+
+INSTALLED = install()
