@@ -306,12 +306,13 @@ def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bo
 
 
 def _all_finite(arr: np.ndarray) -> bool:
-    """NaN / Inf check; bf16 through its bit pattern (exponent all ones), 16 M elements at a time."""
-    if arr.dtype.name != "bfloat16":
-        return bool(np.isfinite(arr).all())
-    bits = arr.reshape(-1).view(np.uint16)
-    step = 1 << 24
-    return not any(((bits[i:i + step] & 0x7F80) == 0x7F80).any() for i in range(0, bits.size, step))
+    """NaN / Inf check, 16 M elements at a time (no leaf-sized temporary); bf16 through its bit pattern
+    (exponent all ones), which is faster than ml_dtypes' isfinite ufunc."""
+    flat, step = arr.reshape(-1), 1 << 24
+    if arr.dtype.name == "bfloat16":
+        bits = flat.view(np.uint16)
+        return not any(((bits[i:i + step] & 0x7F80) == 0x7F80).any() for i in range(0, bits.size, step))
+    return all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.size, step))
 
 
 def _bf16():
