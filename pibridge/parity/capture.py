@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 import platform
 import resource
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from pibridge.convert.profile import Profile, load_profile, profile_from_dict
 from pibridge.errors import PibridgeError
 from pibridge.parity.inputs import ModelInputs
+from pibridge.parity.tensorfile import load_tensors, save_tensors
 
 STACKS: dict[str, str] = {
     "jax": "pibridge.parity.jax_capture:capture_jax",
@@ -127,30 +127,15 @@ def package_versions(*names: str) -> dict[str, str]:
 
 
 def save_model_inputs(path: Path, inputs: ModelInputs) -> None:
-    from safetensors.numpy import save_file
-
     tensors = {"images": inputs.images, "image_mask": inputs.image_mask.astype(np.uint8), "state": inputs.state,
                "tokens": inputs.tokens, "token_mask": inputs.token_mask.astype(np.uint8)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
-              metadata={INPUTS_KEY: json.dumps({"format": 1})})
+    save_tensors(path, tensors, INPUTS_KEY, {"format": 1})
 
 
 def load_model_inputs(path: Path) -> ModelInputs:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), "np") as f:
-            ok = INPUTS_KEY in (f.metadata() or {})
-        t = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise PibridgeError(f"shared inputs {path} unreadable ({err})", "a file written by `parity capture "
-                            "--save-inputs`", "capture the jax stack again with --save-inputs") from None
-    if not ok:
-        raise PibridgeError(f"{path} holds no pibridge model inputs", "a file written by --save-inputs",
-                            "capture the jax stack again with --save-inputs")
+    t, _ = load_tensors(path, INPUTS_KEY, what="shared inputs file", made_by="`parity capture --save-inputs`",
+                        fix="capture the jax stack again with --save-inputs")
     return ModelInputs(t["images"], t["image_mask"].astype(bool), t["state"], t["tokens"], t["token_mask"].astype(bool))
 
 

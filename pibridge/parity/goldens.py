@@ -19,13 +19,13 @@ Numpy + safetensors only at import time (the OpenPI scratch venv imports this mo
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pibridge.errors import PibridgeError
+from pibridge.parity.tensorfile import load_tensors, save_tensors
 
 OPENPI_COMMIT = "15a9616a00943ada6c20a0f158e3adb39df2ccac"
 NUM_STEPS = 5  # Euler steps recorded in the goldens (OpenPI's default is 10; 5 keeps the test gate short)
@@ -94,30 +94,23 @@ def golden_inputs(spec: GoldenSpec, obs, ckpt: Path, tokenizer_path: Path):
     return preprocess_detailed(observation_dict(obs), load_profile(spec.profile), stats, load_tokenizer(tokenizer_path))
 
 
-def save_inputs(path: Path, pre, noise: np.ndarray, meta: dict) -> None:
-    from safetensors.numpy import save_file
+INPUTS_KEY = "pibridge_golden_inputs"
 
+
+def save_inputs(path: Path, pre, noise: np.ndarray, meta: dict) -> None:
     x = pre.inputs
-    tensors = {"images_uint8": np.ascontiguousarray(pre.images_uint8, np.uint8),
+    tensors = {"images_uint8": np.asarray(pre.images_uint8, np.uint8),
                "image_mask": x.image_mask.astype(np.uint8), "state": x.state, "tokens": x.tokens,
-               "token_mask": x.token_mask.astype(np.uint8), "noise": np.ascontiguousarray(noise, np.float32)}
-    save_file(tensors, str(path), metadata={"pibridge_golden_inputs": json.dumps(meta)})
+               "token_mask": x.token_mask.astype(np.uint8), "noise": np.asarray(noise, np.float32)}
+    save_tensors(path, tensors, INPUTS_KEY, meta)
 
 
 def load_inputs(path: Path):
     """-> (ModelInputs, noise (B, A, 32), metadata)."""
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
     from pibridge.parity.inputs import ModelInputs
 
-    path = Path(path)
-    if not path.is_file():
-        raise PibridgeError(f"golden inputs {path} not found", "files written by tools/make_goldens.py",
-                            "run `make goldens OPENPI_SRC=...`")
-    with safe_open(str(path), "np") as f:
-        meta = json.loads(f.metadata()["pibridge_golden_inputs"])
-    t = load_file(str(path))
+    t, meta = load_tensors(path, INPUTS_KEY, what="golden inputs", made_by="tools/make_goldens.py",
+                           fix="run `make goldens OPENPI_SRC=...`")
     images = t["images_uint8"].astype(np.float32) / 255.0 * 2.0 - 1.0  # openpi model.py:115-118 (uint8 -> [-1, 1])
     inputs = ModelInputs(images, t["image_mask"].astype(bool), t["state"], t["tokens"], t["token_mask"].astype(bool))
     return inputs, t["noise"], meta

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from pibridge.errors import PibridgeError
+from pibridge.parity.tensorfile import load_tensors, save_tensors
 
 OBS_FORMAT = 1
+OBS_KEY = "pibridge_observation"
 OPENPI_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi src/openpi/models/model.py IMAGE_KEYS
 ACTION_DIM = 32  # model action width (pi0_config.py:24)
 
@@ -85,32 +87,22 @@ def validate(obs: Observation) -> None:
 
 
 def save_observation(path: Path, obs: Observation) -> None:
-    from safetensors.numpy import save_file
-
     validate(obs)
     meta = {"format": OBS_FORMAT, "slots": list(obs.images), "prompts": list(obs.prompts), "seed": obs.seed}
-    save_file(_tensors(obs), str(path), metadata={"pibridge_observation": json.dumps(meta)})
+    save_tensors(path, _tensors(obs), OBS_KEY, meta)
 
 
 def load_observation(path: Path) -> Observation:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise PibridgeError(f"observation file {path} not found", "a file written by `pibridge parity obs`",
-                            "check the path or create one with `pibridge parity obs`")
+    fix = "write it again with `pibridge parity obs`"
+    t, meta = load_tensors(path, OBS_KEY, what="observation file", made_by="`pibridge parity obs`", fix=fix)
     try:
-        with safe_open(str(path), "np") as f:
-            meta = json.loads((f.metadata() or {})["pibridge_observation"])
-        t = load_file(str(path))
         obs = Observation(
             images={s: t[f"image/{s}"] for s in meta["slots"]}, image_mask=t["image_mask"].astype(bool),
             state=t["state"], prompts=tuple(meta["prompts"]), noise=t["noise"], seed=int(meta["seed"]),
             tokens=t.get("tokens"), token_mask=None if "token_mask" not in t else t["token_mask"].astype(bool))
-    except (SafetensorError, OSError, ValueError, KeyError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise PibridgeError(f"observation file {path} is unreadable or corrupted ({type(err).__name__}: {err})",
-                            "a safetensors observation written by `pibridge parity obs`", "write it again") from None
+                            "a safetensors observation written by `pibridge parity obs`", fix) from None
     validate(obs)
     return obs
 

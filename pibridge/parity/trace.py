@@ -8,7 +8,6 @@ fingerprints, profile, fixes). Numpy only, so `parity compare` runs anywhere.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +15,11 @@ import numpy as np
 
 from pibridge.errors import PibridgeError
 from pibridge.parity.stages import Stage, StageRecorder
+from pibridge.parity.tensorfile import load_tensors, save_tensors
 
 TRACE_FORMAT = 1
 MASK_SUFFIX = "@valid"
+TRACE_KEY = "pibridge_trace"
 
 
 @dataclass(frozen=True)
@@ -32,41 +33,25 @@ class Trace:
 
 
 def write_trace(path: Path, stages: StageRecorder | list[Stage], meta: dict) -> None:
-    from safetensors.numpy import save_file
-
     tensors: dict[str, np.ndarray] = {}
     stages = list(stages)
     for s in stages:
         if s.name in tensors:
             raise ValueError(f"stage {s.name!r} recorded twice")
-        tensors[s.name] = np.ascontiguousarray(s.value, dtype=np.float32)
+        tensors[s.name] = np.asarray(s.value, dtype=np.float32)
         if s.valid is not None:
             np.broadcast_shapes(s.valid.shape, s.value.shape)  # raises if not broadcastable
-            tensors[s.name + MASK_SUFFIX] = np.ascontiguousarray(s.valid, dtype=np.uint8)
+            tensors[s.name + MASK_SUFFIX] = np.asarray(s.valid, dtype=np.uint8)
     header = dict(meta, format=TRACE_FORMAT, order=[s.name for s in stages],
                   wall_s={s.name: s.seconds for s in stages})
-    save_file(tensors, str(path), metadata={"pibridge_trace": json.dumps(header)})
+    save_tensors(path, tensors, TRACE_KEY, header)
 
 
 def read_trace(path: Path) -> Trace:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise PibridgeError(f"trace file {path} not found", "a .safetensors trace written by `pibridge parity capture`",
-                            "check the path or capture the trace again")
-    try:
-        with safe_open(str(path), "np") as f:
-            raw_meta = (f.metadata() or {}).get("pibridge_trace")
-        tensors = load_file(str(path))
-        header = json.loads(raw_meta) if raw_meta else None
-    except (SafetensorError, OSError, ValueError) as err:
-        raise PibridgeError(f"trace file {path} is unreadable or corrupted ({err})",
-                            "a safetensors trace written by `pibridge parity capture`", "capture it again") from None
-    if not header or header.get("format") != TRACE_FORMAT:
-        raise PibridgeError(f"{path} is not a pibridge trace (format {header and header.get('format')})",
+    tensors, header = load_tensors(path, TRACE_KEY, what="trace file", made_by="`pibridge parity capture`",
+                                   fix="check the path or capture the trace again")
+    if header.get("format") != TRACE_FORMAT:
+        raise PibridgeError(f"{path} is not a pibridge trace (format {header.get('format')})",
                             f"trace format {TRACE_FORMAT}", "capture it again with this pibridge version")
     stages = {}
     for name in header["order"]:
