@@ -33,7 +33,7 @@ class Layout(str, Enum):
     training = "training"
 
 
-class StoredDtype(str, Enum):
+class Dtype(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
 
@@ -43,7 +43,7 @@ def synth(
     out: Annotated[Path, typer.Argument(help="Checkpoint directory to create (OpenPI step layout: params/ + assets/).")],
     variant: Annotated[str, typer.Option(help="Model sizes: pi0, pi05, tiny-pi0, tiny-pi05 (configs/variants).")] = "tiny-pi05",
     seed: Annotated[int, typer.Option(help="Seed of the version-stable weight formula (not a framework RNG).")] = 0,
-    dtype: Annotated[StoredDtype, typer.Option(help="Stored dtype of every leaf.")] = StoredDtype.float32,
+    dtype: Annotated[Dtype, typer.Option(help="Stored dtype of every leaf.")] = Dtype.float32,
     layout: Annotated[Layout, typer.Option(help="released: {'params': tree}; training: CheckpointManager step, leaves end in 'value'.")] = Layout.released,
     asset_id: Annotated[str, typer.Option(help="assets/<asset_id>/norm_stats.json; may be nested (a/b).")] = "synthetic",
     profile: Annotated[Optional[str], typer.Option(help="Policy profile giving the native state / action dims of the norm stats.")] = None,
@@ -70,11 +70,6 @@ def inspect(
     inspect_command(ckpt, as_json=as_json, show_leaves=leaves)
 
 
-class WeightsDtype(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-
-
 @app.command()
 def convert(
     ckpt: Annotated[Path, typer.Argument(help="OpenPI checkpoint: a step directory (params/ + assets/) or its params/.")],
@@ -89,8 +84,8 @@ def convert(
     discrete_state_input: Annotated[Optional[bool], typer.Option("--discrete-state-input/--no-discrete-state-input", help="pi05: discretised state in the prompt (OpenPI default True; pi05_libero False).")] = None,
     lerobot_version: Annotated[str, typer.Option(help="Target LeRobot release: 0.5.1, 0.6.0, 0.6.1 (decides config.json fields and the transformers key layout).")] = "0.6.1",
     transformers_version: Annotated[Optional[str], typer.Option(help="Override the transformers release whose key layout is written (default: what --lerobot-version pins).")] = None,
-    weights_dtype: Annotated[WeightsDtype, typer.Option(help="dtype of model.safetensors: float32, or LeRobot's bf16 layout (norms, vision, heads fp32).")] = WeightsDtype.float32,
-    runtime_dtype: Annotated[WeightsDtype, typer.Option(help="LeRobot's config.json `dtype` (what the policy computes in).")] = WeightsDtype.float32,
+    weights_dtype: Annotated[Dtype, typer.Option(help="dtype of model.safetensors: float32, or LeRobot's bf16 layout (norms, vision, heads fp32).")] = Dtype.float32,
+    runtime_dtype: Annotated[Dtype, typer.Option(help="LeRobot's config.json `dtype` (what the policy computes in).")] = Dtype.float32,
     asset_id: Annotated[Optional[str], typer.Option(help="assets/<asset_id>/norm_stats.json to use (automatic when there is exactly one).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="PaliGemma SentencePiece model to write into OUT/tokenizer (else LeRobot fetches a gated hub model).")] = None,
     fold_norm_eps: Annotated[bool, typer.Option(help="Fold OpenPI's normalizer epsilons into the stats so LeRobot's formulas give OpenPI's numbers (recorded).")] = False,
