@@ -34,15 +34,16 @@ CAMS = "--camera-map", "base_0_rgb=base,left_wrist_0_rgb=wrist"
 IO_FLOOR = r"""
 import sys, time, numpy as np
 from pibridge.convert.reader import open_checkpoint
-ck = open_checkpoint(sys.argv[1]); total = int(sys.argv[3]); t0 = time.perf_counter(); written = 0
+ck = open_checkpoint(sys.argv[1]); total = int(sys.argv[3]); written = 0
+stored = sum(i.nbytes for i in ck.leaves.values())
+t0 = time.perf_counter()
 with open(sys.argv[2], "wb", buffering=0) as f:
-    for path in ck.leaves:
-        arr = ck.read(path)
-        share = min(total - written, arr.nbytes * total // max(ck_bytes, 1)) if (ck_bytes := sum(i.nbytes for i in ck.leaves.values())) else 0
-        buf = arr.reshape(-1).view(np.uint8)
-        while share > 0:  # plain writes of as many bytes as this leaf's share of the output
-            n = min(share, buf.size); f.write(buf[:n].data); share -= n; written += n
-        del arr, buf
+    for path in ck.leaves:  # read every leaf once, write its share of the output bytes with plain writes
+        buf = ck.read(path).reshape(-1).view(np.uint8)
+        share = min(total - written, buf.size * total // stored)
+        for start in range(0, share, buf.size):
+            n = min(share - start, buf.size); f.write(buf[:n].data); written += n
+        del buf
     pad = np.zeros(1 << 26, np.uint8)
     while written < total:
         n = min(total - written, pad.size); f.write(pad[:n].data); written += n
