@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -105,7 +106,7 @@ def test_schema_defaults_match_the_documented_ones():
 
 
 def test_extractor_follows_dataclass_rules():
-    spec = importlib.util.spec_from_file_location("extract_schema", CONFIG_DIR / "lerobot" / "extract_schema.py")
+    spec = importlib.util.spec_from_file_location("extract_schema", Path(__file__).parent.parent / "tools" / "extract_lerobot_schema.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     base_src = "class Base:\n    a: int = 1\n    b: dict = field(default_factory=dict)\n    c: str | None = None\n"

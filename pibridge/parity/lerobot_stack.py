@@ -415,9 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preload", type=Path, action="append", default=[],
                     help="python file run before loading (tests: tiny-variant patch of LeRobot's size tables)")
     ap.add_argument("--result-json", type=Path, help="also write a small JSON summary here")
+    ap.add_argument("--load-only", action="store_true",
+                    help="only load OUT with from_pretrained and check the load (OBS and TRACE are not read)")
     a = ap.parse_args(argv)
     for f in a.preload:
         runpy.run_path(str(f), run_name="__pibridge_preload__")
+    if a.load_only:
+        return _load_only(a.out, a.result_json)
     try:
         r = capture_lerobot(a.out, a.observation, a.trace, fixes=not a.no_fixes, model_inputs=a.model_inputs,
                             num_steps=a.num_steps, exact_fp32=a.exact_fp32)
@@ -428,6 +432,24 @@ def main(argv: list[str] | None = None) -> int:
                "not_comparable": sorted(set(r.meta["not_comparable"]))}
     if a.result_json:
         a.result_json.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+    return 0
+
+
+def _load_only(out_dir: Path, result_json: Path | None) -> int:
+    """`--load-only`: the real from_pretrained plus pibridge's load check; timings and key counts as JSON."""
+    t0 = time.perf_counter()
+    try:
+        policy, check = load_policy(out_dir, _provenance(out_dir)["model"])
+    except PibridgeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {"out": str(out_dir), "versions": versions(), "load_keys": check.keys, "missing": len(check.missing),
+               "unexpected": len(check.unexpected), "wrong_shape": len(check.wrong_shape),
+               "wrong_value": len(check.wrong_value), "state_dict_keys": len(policy.state_dict()),
+               "dtype": policy.config.dtype, "load_s": round(time.perf_counter() - t0, 1)}
+    if result_json:
+        result_json.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
 

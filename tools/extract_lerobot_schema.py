@@ -1,7 +1,7 @@
 """Regenerate pibridge/configs/lerobot/<version>.json from a LeRobot wheel (maintainer tool, not imported).
 
     pip download --no-deps --python-version 3.12 --only-binary=:all: lerobot==0.6.1 -d /tmp/w
-    python pibridge/configs/lerobot/extract_schema.py /tmp/w/lerobot-0.6.1-py3-none-any.whl > 0.6.1.json
+    python tools/extract_lerobot_schema.py /tmp/w/lerobot-0.6.1-py3-none-any.whl > 0.6.1.json
 
 Reads the dataclass fields of PreTrainedConfig (lerobot/configs/policies.py) and PI05Config / PI0Config
 (lerobot/policies/pi0{5,}/configuration_pi0{5,}.py) with `ast` (LeRobot is not imported: it needs Python

@@ -1,0 +1,85 @@
+"""Full-size synthetic pi0 / pi05 (bf16) loaded by the real LeRobot 0.6.1 and 0.5.1, checked by pibridge.
+
+For each model: `pibridge synth` (bf16), then for each LeRobot release `pibridge convert --lerobot-version V
+--weights-dtype bfloat16 --runtime-dtype bfloat16` and, in that release's venv (tools/lerobot_env.sh),
+`python -m pibridge.parity.lerobot_stack OUT - - --load-only`: the real `from_pretrained`, then pibridge compares
+every tensor of OUT/model.safetensors with the loaded state dict (missing, unexpected, wrong shape, wrong value).
+One full model at a time (a bf16 load peaks at ~19 GB); each OUT and checkpoint is deleted after use.
+Needs ~12 GB of disk. Results: bench/results/lerobot_load_full.{json,md}.
+
+    .venv/bin/python bench/lerobot_load_full.py [--workdir /work/bench-lr] [--models pi0,pi05] [--lerobot 0.6.1,0.5.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synth_full import run_measured  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [str(ROOT / ".venv" / "bin" / "pibridge")]
+CAMS = ["--camera-map", "base_0_rgb=top,left_wrist_0_rgb=wrist"]
+
+
+def load_one(ck: Path, out: Path, model: str, lerobot: str) -> dict:
+    convert = CLI + ["convert", str(ck), str(out), "--profile", f"{model}_droid", *CAMS, "--lerobot-version", lerobot,
+                     "--weights-dtype", "bfloat16", "--runtime-dtype", "bfloat16",
+                     "--tokenizer", str(ROOT / "tests" / "data" / "test_spm.model")]
+    convert_s, convert_rss, _ = run_measured(convert)
+    py = ROOT / ".venvs" / f"lr-{lerobot}" / "bin" / "python"
+    load_s, load_rss, printed = run_measured([str(py), "-m", "pibridge.parity.lerobot_stack", str(out), "-", "-",
+                                              "--load-only"])
+    shutil.rmtree(out)
+    row = json.loads(printed.strip().splitlines()[-1])
+    row.update(model=model, lerobot_version=lerobot, convert_s=round(convert_s, 1), convert_peak_rss=convert_rss,
+               load_wall_s=round(load_s, 1), load_peak_rss=load_rss)
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Full-size synthetic checkpoints (bf16) loaded by the real LeRobot, checked by pibridge",
+             "", f"Measured {time.strftime('%Y-%m-%d')} on this machine (CPU) by bench/lerobot_load_full.py.", "",
+             "| model | LeRobot | transformers | torch | file keys | missing | unexpected | wrong shape | wrong value "
+             "| load wall | load peak RSS | convert wall |", "|---" * 12 + "|"]
+    for r in rows:
+        v = r["versions"]
+        lines.append(f"| {r['model']} | {v['lerobot']} | {v['transformers']} | {v['torch']} | {r['load_keys']} | "
+                     f"{r['missing']} | {r['unexpected']} | {r['wrong_shape']} | {r['wrong_value']} | "
+                     f"{r['load_wall_s']:.0f} s | {r['load_peak_rss'] / 1e9:.2f} GB | {r['convert_s']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default="/work/bench-lr")
+    ap.add_argument("--models", default="pi0,pi05")
+    ap.add_argument("--lerobot", default="0.6.1,0.5.1")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lerobot_load_full"))
+    a = ap.parse_args()
+    work = Path(a.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rows = []
+    for model in a.models.split(","):
+        ck = work / f"{model}-ck"
+        subprocess.run(CLI + ["synth", str(ck), "--variant", model, "--dtype", "bfloat16", "--profile",
+                              f"{model}_droid", "--asset-id", "droid"], check=True, stdout=subprocess.DEVNULL)
+        for lerobot in a.lerobot.split(","):
+            rows.append(load_one(ck, work / f"{model}-out-{lerobot}", model, lerobot))
+            print(json.dumps(rows[-1]), flush=True)
+            Path(a.out + ".json").write_text(json.dumps(rows, indent=2))
+            Path(a.out + ".md").write_text(markdown(rows))
+        shutil.rmtree(ck)
+    bad = [r for r in rows if r["missing"] or r["unexpected"] or r["wrong_shape"] or r["wrong_value"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
