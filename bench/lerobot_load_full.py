@@ -4,6 +4,9 @@ For each model: `pibridge synth` (bf16), then for each LeRobot release `pibridge
 --weights-dtype bfloat16 --runtime-dtype bfloat16` and, in that release's venv (tools/lerobot_env.sh),
 `python -m pibridge.parity.lerobot_stack OUT - - --load-only`: the real `from_pretrained`, then pibridge compares
 every tensor of OUT/model.safetensors with the loaded state dict (missing, unexpected, wrong shape, wrong value).
+`--mmap-weights`: LeRobot's loader gets a memory-mapped view of the file instead of safetensors' in-memory copy (same
+keys and bytes; LeRobot's own key fixing and load_state_dict run unchanged): LeRobot 0.5.1 otherwise peaks above
+the ~23 GiB of this machine for a full-size bf16 pi0 (OOM-killed at 23.3 GB anonymous RSS).
 One full model at a time (a bf16 load peaks at ~19 GB); each OUT and checkpoint is deleted after use.
 Needs ~12 GB of disk. Results: bench/results/lerobot_load_full.{json,md}.
 
@@ -35,10 +38,10 @@ def load_one(ck: Path, out: Path, model: str, lerobot: str) -> dict:
     convert_s, convert_rss, _ = run_measured(convert)
     py = ROOT / ".venvs" / f"lr-{lerobot}" / "bin" / "python"
     load_s, load_rss, printed = run_measured([str(py), "-m", "pibridge.parity.lerobot_stack", str(out), "-", "-",
-                                              "--load-only"])
+                                              "--load-only", "--mmap-weights"])
     shutil.rmtree(out)
     row = json.loads(printed.strip().splitlines()[-1])
-    row.update(model=model, lerobot_version=lerobot, convert_s=round(convert_s, 1), convert_peak_rss=convert_rss,
+    row.update(model=model, lerobot_version=lerobot, weights_given_as="mmap", convert_s=round(convert_s, 1), convert_peak_rss=convert_rss,
                load_wall_s=round(load_s, 1), load_peak_rss=load_rss)
     return row
 
@@ -47,12 +50,13 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# Full-size synthetic checkpoints (bf16) loaded by the real LeRobot, checked by pibridge",
              "", f"Measured {time.strftime('%Y-%m-%d')} on this machine (CPU) by bench/lerobot_load_full.py.", "",
              "| model | LeRobot | transformers | torch | file keys | missing | unexpected | wrong shape | wrong value "
-             "| load wall | load peak RSS | convert wall |", "|---" * 12 + "|"]
+             "| load wall | load peak RSS | file handed to LeRobot | convert wall |", "|---" * 13 + "|"]
     for r in rows:
         v = r["versions"]
         lines.append(f"| {r['model']} | {v['lerobot']} | {v['transformers']} | {v['torch']} | {r['load_keys']} | "
                      f"{r['missing']} | {r['unexpected']} | {r['wrong_shape']} | {r['wrong_value']} | "
-                     f"{r['load_wall_s']:.0f} s | {r['load_peak_rss'] / 1e9:.2f} GB | {r['convert_s']:.0f} s |")
+                     f"{r['load_wall_s']:.0f} s | {r['load_peak_rss'] / 1e9:.2f} GB | "
+                     f"{r.get('weights_given_as', 'load_file (in memory)')} | {r['convert_s']:.0f} s |")
     return "\n".join(lines) + "\n"
 
 
@@ -60,13 +64,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/work/bench-lr")
     ap.add_argument("--models", default="pi0,pi05")
+    ap.add_argument("--append", action="store_true", help="keep the rows already in the results file")
     ap.add_argument("--lerobot", default="0.6.1,0.5.1")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lerobot_load_full"))
     a = ap.parse_args()
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    rows = []
+    rows = json.loads(Path(a.out + ".json").read_text()) if a.append and Path(a.out + ".json").exists() else []
     for model in a.models.split(","):
         ck = work / f"{model}-ck"
         subprocess.run(CLI + ["synth", str(ck), "--variant", model, "--dtype", "bfloat16", "--profile",

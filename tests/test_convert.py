@@ -153,6 +153,9 @@ def test_nonfinite_weight_is_named(tmp_path):
     with pytest.raises(PibridgeError, match="action_in_proj/bias contains NaN"):
         convert(_req(ck, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    with pytest.raises(PibridgeError, match="not the .* `pibridge synth` recorded"):  # edited after synth: caught
+        convert(_req(ck, tmp_path / "out", allow_nonfinite=True))
+    (ck / "pibridge_synth.json").unlink()  # as a real OpenPI checkpoint: no recorded fingerprint to check
     convert(_req(ck, tmp_path / "out", allow_nonfinite=True))
 
 

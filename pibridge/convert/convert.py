@@ -228,6 +228,7 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
     side = build_side_files(r, req, str(final_tok) if final_tok else None)
     with atomic_output_dir(out, force=req.force) as tmp:
         fingerprint = _write_weights(r, tmp / "model.safetensors", req.allow_nonfinite, req.fold_bf16_params, console)
+        _check_synth_fingerprint(r, fingerprint)
         _write_json(tmp / "config.json", side["config"], indent=4)
         _write_json(tmp / "policy_preprocessor.json", side["pre"], indent=2)
         _write_json(tmp / "policy_postprocessor.json", side["post"], indent=2)
@@ -240,6 +241,18 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
     console.print(f"[green]wrote[/] {out} ({r.plan.total_bytes() / 1e9:.2f} GB of weights, "
                   f"{len(r.plan.tensors)} tensors) for LeRobot {req.lerobot_version} / transformers {r.transformers_version}")
     return record
+
+
+def _check_synth_fingerprint(r: Resolved, fingerprint: str) -> None:
+    """A checkpoint written by `pibridge synth` records the fingerprint of its values: a mismatch means data that
+    decoded without error but changed on disk (zstd frames carry no content checksum). Real OpenPI checkpoints
+    record none, so there nothing can be checked (docs/reliability.md)."""
+    recorded = (r.ckpt.synth_record or {}).get("fingerprint")
+    if recorded and recorded != fingerprint:
+        raise PibridgeError(f"the values read from the checkpoint have fingerprint {fingerprint[:16]}..., not the "
+                            f"{recorded[:16]}... `pibridge synth` recorded when it wrote them",
+                            "the checkpoint's data unchanged since it was written",
+                            "the files were damaged on disk or in a copy: copy or re-create the checkpoint")
 
 
 def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bool, console) -> str:

@@ -13,8 +13,10 @@ A checkpoint is a step directory holding `params/` (and `assets/`), or that `par
 from __future__ import annotations
 
 import ast
+import errno
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -45,9 +47,9 @@ class LeafInfo:
 def open_checkpoint(path: Path | str) -> OpenPICheckpoint:
     """Open a step directory or its params/ directory; PibridgeError when it is not an OpenPI checkpoint."""
     path = Path(path)
-    if not path.exists():
-        raise PibridgeError(f"checkpoint path {path} does not exist", "an OpenPI checkpoint directory "
-                            "(containing params/) or its params/ directory", "check the path")
+    _require_directory(path)
+    if (path / "params").is_symlink():
+        _require_directory(path / "params")
     if (path / "_METADATA").is_file():
         params, root = path, path.parent
     elif (path / "params").is_dir():
@@ -57,6 +59,24 @@ def open_checkpoint(path: Path | str) -> OpenPICheckpoint:
                             "a checkpoint directory holding params/ (orbax) and assets/",
                             "pass the directory that contains params/, e.g. .../pi05_base or .../<exp>/<step>")
     return OpenPICheckpoint(root=root, params_dir=params, _entries=tuple(_read_metadata(params)))
+
+
+def _require_directory(path: Path) -> None:
+    """PibridgeError for a missing path, a symlink loop / dangling link, or a file where a directory belongs."""
+    expected = "an OpenPI checkpoint directory (containing params/) or its params/ directory"
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise PibridgeError(f"checkpoint path {path} is a symlink loop ({err.strerror})", expected,
+                                f"point the link at the real checkpoint directory (ls -l {path})") from None
+        if path.is_symlink():
+            raise PibridgeError(f"checkpoint path {path} is a dangling symlink (to {os.readlink(path)})", expected,
+                                "point the link at an existing checkpoint directory") from None
+        raise PibridgeError(f"checkpoint path {path} does not exist", expected, "check the path") from None
+    if not path.is_dir():
+        raise PibridgeError(f"checkpoint path {path} is a file, not a directory", expected,
+                            "pass the checkpoint directory (the one holding params/ and assets/)")
 
 
 def _read_metadata(params: Path) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -120,9 +140,14 @@ class OpenPICheckpoint:
         arr = self.read_async(path).result()
         return arr if dtype is None else arr.astype(_np_dtype(dtype))
 
-    def read_async(self, path: TreePath):
-        """Start reading one leaf (tensorstore decodes on its own threads); `.result()` gives the array."""
-        return self._open(self._info(path)).read()
+    def read_async(self, path: TreePath) -> _LeafRead:
+        """Start reading one leaf (tensorstore decodes on its own threads); `.result()` gives the array, or a
+        PibridgeError naming the leaf when the stored data is missing, truncated or fails to decode."""
+        info = self._info(path)
+        try:
+            return _LeafRead(self._open(info).read(), info.key, self.params_dir)
+        except ValueError as err:
+            raise _damaged(info.key, self.params_dir, err) from None
 
     def read_tree(self, dtype: str | np.dtype | None = None) -> dict:
         """Nested dict like OpenPI's restore_params returns (use on tiny models: loads everything)."""
@@ -154,6 +179,11 @@ class OpenPICheckpoint:
 
     def norm_stats(self, asset_id: str | None = None) -> dict[str, normstats.NormStats]:
         ids = self.asset_ids
+        if not ids:
+            raise PibridgeError(f"no norm_stats.json under {self.root / 'assets'}",
+                                "assets/<asset_id>/norm_stats.json, as OpenPI's training writes it",
+                                "copy the checkpoint's assets/ directory too (or compute the stats with OpenPI's "
+                                "scripts/compute_norm_stats.py)")
         if asset_id is None:
             if len(ids) != 1:
                 raise PibridgeError(f"{len(ids)} norm-stats asset ids in {self.root / 'assets'}: {ids}",
@@ -202,16 +232,48 @@ class OpenPICheckpoint:
                                 "copy or download the params/ directory again") from None
 
     def _zarray(self, kv: ts.KvStore, name: str) -> dict:
-        rec = kv.read(f"{name}/.zarray").result()
+        try:
+            rec = kv.read(f"{name}/.zarray").result()
+        except ValueError as err:  # OCDBT b-tree node missing, truncated or failing its CRC-32C
+            raise _damaged(name, self.params_dir, err) from None
         if rec.state != "value":
             raise PibridgeError(f"array {name} listed in _METADATA has no zarr metadata in {self.params_dir}",
                                 "<name>/.zarray in the OCDBT store", "the checkpoint is incomplete; copy it again")
-        return json.loads(bytes(rec.value))
+        try:
+            return json.loads(bytes(rec.value))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise _damaged(name, self.params_dir, err) from None
 
     def _open(self, info: LeafInfo) -> ts.TensorStore:
         kv = self._kvstore_spec()
         kv = dict(kv, path=(kv["path"] if kv["driver"] == "file" else "") + info.key + "/")
         return ts.open({"driver": "zarr", "kvstore": kv}, open=True, read=True, context=self._ctx).result()
+
+
+@dataclass(frozen=True)
+class _LeafRead:
+    """A pending leaf read whose `.result()` turns tensorstore's decode errors into a PibridgeError."""
+
+    future: ts.Future
+    key: str
+    params_dir: Path
+
+    def result(self) -> np.ndarray:
+        try:
+            return self.future.result()
+        except ValueError as err:
+            raise _damaged(self.key, self.params_dir, err) from None
+
+
+def _damaged(name: str, params_dir: Path, err: Exception) -> PibridgeError:
+    """The error for stored data that cannot be read back (deleted / truncated data file, zstd frame or OCDBT
+    node corruption). Keeps the cause of tensorstore's message: the part after its last quoted file name."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    cause = text.rsplit('": ', 1)[-1].split("; at byte")[0]
+    leaf = name.removeprefix("params.").replace(".", "/")
+    return PibridgeError(f"checkpoint data of leaf {leaf} in {params_dir} is damaged or missing: {cause}",
+                         "intact orbax data files (params/d/, params/ocdbt.process_0/d/) as written by the save",
+                         "copy or download the checkpoint again (compare file sizes with the source)")
 
 
 def _zarr_dtype(code: str, name: str) -> np.dtype:

@@ -83,6 +83,16 @@ def _check(req: CaptureRequest) -> None:
                             f"pass {flag}")
 
 
+def _check_inputs_readable(req: CaptureRequest) -> None:
+    """Refuse a missing, corrupted or invalid observation (or shared-inputs file) before the stack's framework
+    loads: a clear message in a second instead of one after jax / torch start up."""
+    from pibridge.parity.observation import load_observation
+
+    load_observation(req.obs)
+    if req.shared_inputs is not None:
+        load_model_inputs(req.shared_inputs)
+
+
 def _stack_function(name: str):
     module, func = STACKS[name].split(":")
     return getattr(importlib.import_module(module), func)
@@ -93,6 +103,7 @@ def capture(req: CaptureRequest) -> CaptureResult:
     from pibridge.parity.trace import write_trace
 
     _check(req)
+    _check_inputs_readable(req)
     t0 = time.perf_counter()
     recorder, meta = _stack_function(req.stack)(req)
     seconds = time.perf_counter() - t0

@@ -136,10 +136,18 @@ def pipeline_batch(obs, camera_names: list[str], empty_slots: list[str]) -> dict
 
 
 def model_inputs_batch(npz: Path, camera_names: list[str], empty_slots: list[str]) -> dict:
-    """ModelInputs (OpenPI slot order) -> what predict_action_chunk reads, bypassing the processors."""
+    """ModelInputs (OpenPI slot order) -> what predict_action_chunk reads, bypassing the processors. `npz`: an
+    .npz of ModelInputs fields, or the .safetensors that `pibridge parity capture --save-inputs` writes."""
     import torch
 
-    z = np.load(npz)
+    if Path(npz).suffix == ".safetensors":
+        from dataclasses import asdict
+
+        from pibridge.parity.capture import load_model_inputs
+
+        z = asdict(load_model_inputs(Path(npz)))
+    else:
+        z = np.load(npz)
     batch, present = {}, [s for s in OPENPI_SLOTS if s not in empty_slots]
     for name, slot in zip(camera_names, present):
         x = torch.from_numpy(z["images"][:, OPENPI_SLOTS.index(slot)]).permute(0, 3, 1, 2)  # (B,H,W,3)->(B,3,H,W)
@@ -409,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("observation", type=Path, help="observation file (`pibridge parity obs`)")
     ap.add_argument("trace", type=Path, help="trace file to write (.safetensors)")
     ap.add_argument("--no-fixes", action="store_true", help="do not apply pibridge's runtime fixes")
-    ap.add_argument("--model-inputs", type=Path, help=".npz of ModelInputs: bypass LeRobot's preprocessor")
+    ap.add_argument("--model-inputs", type=Path,
+                    help=".npz of ModelInputs or the .safetensors of `parity capture --save-inputs`: bypass LeRobot's "
+                         "preprocessor")
     ap.add_argument("--num-steps", type=int, help="Euler steps (default: the policy config's)")
     ap.add_argument("--exact-fp32", action="store_true", help="also apply the opt-in exact fp32 attention fix")
     ap.add_argument("--preload", type=Path, action="append", default=[],
@@ -417,7 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result-json", type=Path, help="also write a small JSON summary here")
     ap.add_argument("--load-only", action="store_true",
                     help="only load OUT with from_pretrained and check the load (OBS and TRACE are not read)")
+    ap.add_argument("--mmap-weights", action="store_true",
+                    help="hand LeRobot's loader a zero-copy (memory-mapped) view of model.safetensors instead of the "
+                         "in-memory copy safetensors.torch.load_file makes: same keys and bytes, ~1 copy of the "
+                         "weights less RAM (LeRobot 0.5.1 needs > 23 GB for a full-size bf16 load without it)")
     a = ap.parse_args(argv)
+    if a.mmap_weights:
+        _mmap_load_file()
     for f in a.preload:
         runpy.run_path(str(f), run_name="__pibridge_preload__")
     if a.load_only:
@@ -434,6 +450,24 @@ def main(argv: list[str] | None = None) -> int:
         a.result_json.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
+
+
+def _mmap_load_file() -> None:
+    """Replace safetensors.torch.load_file, which LeRobot's from_pretrained imports at call time
+    (lerobot 0.5.1 / 0.6.1 policies/pi0*/modeling_pi0*.py from_pretrained), with a copy-on-write mapping of the
+    file. LeRobot's own key fixing, remapping and load_state_dict run unchanged on the same tensors."""
+    import safetensors.torch
+
+    from pibridge.parity.torch_stack.model import mmap_safetensors
+
+    keep = []  # the mappings must outlive the returned tensors
+
+    def load_file(filename, device="cpu"):
+        mapped = mmap_safetensors(Path(filename))
+        keep.append(mapped)
+        return dict(mapped.tensors) if str(device) == "cpu" else {k: v.to(device) for k, v in mapped.tensors.items()}
+
+    safetensors.torch.load_file = load_file
 
 
 def _load_only(out_dir: Path, result_json: Path | None) -> int:

@@ -23,6 +23,7 @@ OBS_FORMAT = 1
 OBS_KEY = "pibridge_observation"
 OPENPI_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi src/openpi/models/model.py IMAGE_KEYS
 ACTION_DIM = 32  # model action width (pi0_config.py:24)
+IMAGE_SIDE = 224  # every camera is resized with padding to 224x224 (openpi models/model.py:47 IMAGE_RESOLUTION)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ def validate(obs: Observation) -> None:
             problems.append(f"unknown camera slot {slot!r}")
         elif img.dtype != np.uint8 or img.ndim != 4 or img.shape[0] != B or img.shape[-1] != 3:
             problems.append(f"image {slot}: {img.dtype} {img.shape}, expected uint8 (B={B}, H, W, 3)")
+        elif not _resizable(*img.shape[1:3]):
+            problems.append(f"image {slot}: {img.shape[1]}x{img.shape[2]} pixels, which resize-with-pad to "
+                            f"{IMAGE_SIDE}x{IMAGE_SIDE} turns into an empty image (OpenPI's resize fails on it too)")
     if obs.image_mask.shape != (B, len(obs.images)):
         problems.append(f"image_mask shape {obs.image_mask.shape}, expected ({B}, {len(obs.images)})")
     if obs.noise.ndim != 3 or obs.noise.shape[0] != B or obs.noise.shape[2] != ACTION_DIM:
@@ -84,6 +88,14 @@ def validate(obs: Observation) -> None:
         raise PibridgeError("invalid observation: " + "; ".join(problems),
                             "images uint8 (B,H,W,3) per OpenPI slot, masks (B,ncam), state (B,S), noise (B,horizon,32)",
                             "write it with `pibridge parity obs` or fix the producer")
+
+
+def _resizable(height: int, width: int) -> bool:
+    """Both sides stay >= 1 pixel in the aspect-keeping resize to IMAGE_SIDE (openpi-client image_tools.py:48-50)."""
+    if height < 1 or width < 1:
+        return False
+    ratio = max(width / IMAGE_SIDE, height / IMAGE_SIDE)
+    return int(height / ratio) >= 1 and int(width / ratio) >= 1
 
 
 def save_observation(path: Path, obs: Observation) -> None:

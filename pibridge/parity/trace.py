@@ -58,6 +58,10 @@ def read_trace(path: Path) -> Trace:
         if name not in tensors:
             raise PibridgeError(f"trace {path} lists stage {name!r} but holds no tensor for it", "a complete trace",
                                 "capture it again")
+        if tensors[name].dtype != np.float32:
+            raise PibridgeError(f"trace {path} stage {name!r} has dtype {tensors[name].dtype}",
+                                f"float32 stage tensors (trace format {TRACE_FORMAT} stores every stage as float32)",
+                                "write traces with `pibridge parity capture` (or trace.write_trace)")
         valid = tensors.get(name + MASK_SUFFIX)
         stages[name] = Stage(name, tensors[name], None if valid is None else valid.astype(bool),
                              float(header.get("wall_s", {}).get(name, 0.0)))
