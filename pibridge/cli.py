@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -199,16 +201,36 @@ def parity_capture(
 
 @parity_app.command("compare")
 def parity_compare(
-    a: Annotated[Path, typer.Argument(help="Reference trace (usually the jax stack).")],
-    b: Annotated[Path, typer.Argument(help="Trace to check.")],
+    a: Annotated[Path, typer.Argument(help="Reference trace (usually the jax stack); with --reference: the candidate.")],
+    b: Annotated[Optional[Path], typer.Argument(help="Trace to check (omit with --reference / --baseline).")] = None,
     tolerances: Annotated[Optional[Path], typer.Option(help="Tolerance rules (default pibridge/configs/tolerances.json).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
     html_out: Annotated[Optional[Path], typer.Option("--html", help="Write the self-contained HTML report here.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="bf16 allowance: the jax stack's float32 trace (the exact answer).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="bf16 allowance: the jax stack's bf16 trace (OpenPI's own bf16).")] = None,
+    allowance: Annotated[Optional[Path], typer.Option(help="bf16 allowance rules (default pibridge/configs/allowance.json).")] = None,
 ) -> None:
-    """Compare two traces stage by stage (numpy only); exit 1 when a stage breaks its tolerance."""
-    from pibridge.parity.run import compare_command
+    """Compare two traces stage by stage (numpy only); exit 1 when a stage breaks its tolerance.
 
-    compare_command(a, b, tolerances=tolerances, json_out=json_out, html_out=html_out)
+    With --reference REF --baseline BASE: judge the one trace given (bf16 candidate) by its error against REF,
+    allowed k times the baseline's error plus a floor per stage (bf16 allowance)."""
+    from pibridge.errors import PibridgeError
+
+    if reference is None and baseline is None and allowance is None:
+        if b is None:
+            raise PibridgeError("one trace given", "two traces A B, or one candidate with --reference and --baseline",
+                                "pass both traces")
+        from pibridge.parity.run import compare_command
+
+        compare_command(a, b, tolerances=tolerances, json_out=json_out, html_out=html_out)
+        return
+    if reference is None or baseline is None or b is not None or tolerances is not None or html_out is not None:
+        raise PibridgeError("bf16 allowance options mixed with two traces, --tolerances or --html, or one of "
+                            "--reference / --baseline missing", "CAND --reference REF --baseline BASE [--allowance F] "
+                            "[--json F]", "pass one candidate trace with both --reference and --baseline")
+    from pibridge.parity.allowance import allowance_command
+
+    allowance_command(a, reference, baseline, allowance=allowance, json_out=json_out)
 
 
 @parity_app.command("run")
@@ -239,17 +261,76 @@ def parity_run(
                    html=html, json=json_out, workdir=workdir))
 
 
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM, raised in the main thread: not an Exception, so only cleanup code (`finally`,
+    `except BaseException`: the atomic output directory) sees it; not a KeyboardInterrupt, so typer does not
+    swallow it into a silent exit."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+_SIGNALLED: list[int] = []  # the signal that interrupted this run (an import may wrap Interrupted in ImportError)
+
+
+def _on_signal(signum: int, frame) -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):  # a second signal stops at once; the next run removes leftovers
+        signal.signal(s, signal.SIG_DFL)
+    _SIGNALLED.append(signum)
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """SIGINT / SIGTERM -> Interrupted (clean stop). Returns the previous handlers. (SIGXFSZ needs nothing:
+    CPython ignores it at startup, so a write past `ulimit -f` fails with EFBIG -> exit 2, atomic.py.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input -> one message on stderr and exit 2 (1 for a parity failure); --debug re-raises."""
+    """Entry point: bad input -> one message on stderr and exit 2 (1 for a parity failure); --debug re-raises.
+    SIGINT / SIGTERM: temporaries removed, one line, exit 128 + signal number (130 for Ctrl-C)."""
     from pibridge.errors import PibridgeError
 
+    _SIGNALLED.clear()
+    previous = _install_signal_handlers()
     try:
         app(args=argv)  # standalone: usage errors exit 2 with click's message
     except PibridgeError as err:
-        if _DEBUG or "--debug" in (argv if argv is not None else sys.argv):
+        _exit_if_interrupted()
+        if _debug(argv):
             raise
         print(f"pibridge: error: {err.render()}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except OSError as err:  # the environment (permissions, read-only or failing disk): one message, no traceback
+        _exit_if_interrupted()
+        if _debug(argv):
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"pibridge: error: {err.strerror or err}{where}\nwhat to do: check permissions and free space there "
+              "(--debug shows where it happened)", file=sys.stderr)
+        sys.exit(2)
+    except BaseException:
+        _exit_if_interrupted()
+        raise  # not interrupted: a bug, keep the traceback
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _debug(argv: list[str] | None) -> bool:
+    return _DEBUG or "--debug" in (argv if argv is not None else sys.argv)
+
+
+def _exit_if_interrupted() -> None:
+    """After SIGINT / SIGTERM, whatever exception it became (Interrupted, or e.g. pybind11's ImportError
+    "initialization failed" when it lands in an extension's import): one line, exit 128 + signal."""
+    if _SIGNALLED:
+        print(f"pibridge: interrupted by {signal.Signals(_SIGNALLED[0]).name}; stopped (convert and synth leave no "
+              "partial output; an existing OUT is kept unless the new one was already complete)", file=sys.stderr)
+        sys.exit(128 + _SIGNALLED[0])
 
 
 if __name__ == "__main__":

@@ -271,6 +271,10 @@ def _damaged(name: str, params_dir: Path, err: Exception) -> PibridgeError:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     cause = text.rsplit('": ', 1)[-1].split("; at byte")[0]
     leaf = name.removeprefix("params.").replace(".", "/")
+    if "permission denied" in text.lower():
+        return PibridgeError(f"checkpoint data of leaf {leaf} in {params_dir} is not readable: {cause}",
+                             "data files readable by this user",
+                             f"fix the permissions (e.g. chmod -R a+rX {params_dir}) or run as the checkpoint's owner")
     return PibridgeError(f"checkpoint data of leaf {leaf} in {params_dir} is damaged or missing: {cause}",
                          "intact orbax data files (params/d/, params/ocdbt.process_0/d/) as written by the save",
                          "copy or download the checkpoint again (compare file sizes with the source)")

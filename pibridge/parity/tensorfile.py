@@ -14,9 +14,14 @@ from pibridge.errors import PibridgeError
 
 def save_tensors(path: Path, tensors: Mapping[str, np.ndarray], key: str, doc: dict) -> None:
     """Write `tensors` (made C-contiguous) with `doc` as JSON under metadata `key`."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={key: json.dumps(doc)})
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={key: json.dumps(doc)})
+    except SafetensorError as err:  # e.g. permission denied / disk full, reported by the library's own error type
+        raise PibridgeError(f"cannot write {path}: {err}", "a writable location with free space",
+                            "check the directory's permissions and free space, or write elsewhere") from None
 
 
 def load_tensors(path: Path, key: str, *, what: str, made_by: str, fix: str) -> tuple[dict[str, np.ndarray], dict]:
