@@ -37,7 +37,7 @@ class Case:
 
 
 def make_case(root: Path, variant: Variant, *, seed: int = 0, sharp: bool = True, outliers: bool = True,
-              profile: str | None = None) -> Case:
+              profile: str | None = None, dtype: str = "float32") -> Case:
     """synth (any Variant: the synth module's variant lookup is redirected for a custom one) then convert."""
     import pibridge.convert.synth as synth
     from pibridge.convert.convert import ConvertRequest, convert
@@ -49,7 +49,8 @@ def make_case(root: Path, variant: Variant, *, seed: int = 0, sharp: bool = True
     synth.load_variant = lambda name: variant if name == variant.name else original(name)
     try:
         res = synth.write_synthetic_checkpoint(root / "ck", variant=variant.name, seed=seed, profile=profile,
-                                               asset_id="droid", sharp_attention=sharp, outliers=outliers)
+                                               asset_id="droid", sharp_attention=sharp, outliers=outliers,
+                                               dtype=dtype)
     finally:
         synth.load_variant = original
     convert(ConvertRequest(root / "ck", root / "out", profile, camera_map=CAMERA_MAP, allow_tiny=True),

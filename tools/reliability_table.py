@@ -24,16 +24,15 @@ from reliability.runner import Outcome, run_all  # noqa: E402
 UNDETECTABLE = """\
 ## What cannot be detected
 
-- **A bit flip inside stored float data.** orbax writes each array chunk as a zarr v2 chunk compressed with zstd
-  level 1 *without* zstd's optional content checksum (frame header descriptor bit 2 is 0 in the files written
-  here, as in orbax's), so a flipped bit inside a block's payload (literals of barely compressible float data)
-  decodes without error into a different weight (case `bitflip-payload`). What
-  *is* caught: flips in zstd frame / block headers (`bitflip-zstd-frame`), anything in the OCDBT b-tree nodes
-  (CRC-32C, `bitflip-node`), truncated or deleted data files (`data-file-*`, `node-file-truncated`). A real OpenPI
-  checkpoint carries no checksum of its values, so a payload flip in one cannot be detected by any reader; a
-  synthetic checkpoint records its value fingerprint in `pibridge_synth.json`, and `convert` computes the same
-  fingerprint while streaming but does not yet compare the two (fix belongs in `pibridge/convert/convert.py`:
-  after `_write_weights`, raise a PibridgeError when `r.ckpt.synth_record["fingerprint"]` differs), hence xfail.
+- **A bit flip inside stored float data of a real OpenPI checkpoint.** orbax writes each array chunk as a zarr
+  v2 chunk compressed with zstd level 1 *without* zstd's optional content checksum (frame header descriptor bit 2
+  is 0 in the files written here, as in orbax's), so a flipped bit inside a block's payload (literals of barely
+  compressible float data) decodes without error into a different weight, and a real OpenPI checkpoint carries no
+  checksum of its values: no reader can detect it there. What *is* caught: flips in zstd frame / block headers
+  (`bitflip-zstd-frame`), anything in the OCDBT b-tree nodes (CRC-32C, `bitflip-node`), truncated or deleted data
+  files (`data-file-*`, `node-file-truncated`), and, for a synthetic checkpoint, a payload flip too
+  (`bitflip-payload`): `convert` compares the value fingerprint it computes while streaming with the one
+  `pibridge synth` recorded in `pibridge_synth.json`.
 - **A NaN / Inf that is in the data on purpose.** `--allow-nonfinite` converts such weights (`weight-nan-allowed`).
 - **Plausible but wrong values**: a checkpoint of the right shapes with other weights (another run, another step),
   or norm stats of another robot with the right dims, convert cleanly. `pibridge inspect` shows the fingerprint and

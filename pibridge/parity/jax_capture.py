@@ -19,7 +19,7 @@ from pibridge.parity.stages import StageRecorder
 def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     from pibridge.convert.detect import detect
     from pibridge.convert.reader import open_checkpoint
-    from pibridge.parity.jax_stack import run_policy
+    from pibridge.parity.jax_stack import get_policy, prepare_params, run_policy
     from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess_detailed
     from pibridge.parity.tokenizer import load_tokenizer
 
@@ -36,13 +36,14 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     if req.save_inputs is not None:
         save_model_inputs(req.save_inputs, inputs)
     t2 = time.perf_counter()
-    params = ck.read_tree()
+    params = prepare_params(ck, variant, get_policy(req.precision))  # leaf by leaf; bf16 stays bf16 under float32
     t3 = time.perf_counter()
     rec = StageRecorder()
     actions = run_policy(params, variant, inputs, obs.noise, precision=req.precision, num_steps=req.steps, record=rec)
     t4 = time.perf_counter()
     rec.record(st.ACTIONS_UNNORMALIZED, postprocess_actions(actions, inputs.state, profile, stats),
                seconds=time.perf_counter() - t4)
+    del params  # before ck.fingerprint() reads every leaf again (full size: params 6.7 GB + largest leaf 2.4 GB)
     synth = ck.synth_record or {}
     meta = {
         "packages": package_versions("jax", "jaxlib", "flax", "orbax-checkpoint", "tensorstore"),

@@ -64,3 +64,74 @@ def comparison_json(c: Comparison, **extra) -> str:
         "passed": c.passed, "precision": c.precision, "first_diverging": first.name if first else None,
         "stages": [asdict(r) for r in c.results], "only_in_a": c.only_in_a, "only_in_b": c.only_in_b,
         "unused_rules": c.unused_rules, **extra}, indent=2)
+
+
+# --- bf16 allowance (pibridge/parity/allowance.py): CAND vs REF judged against BASE vs REF -----------------------
+
+def allowance_table(c, title: str = "bf16 allowance"):
+    """c: allowance.AllowanceComparison."""
+    from rich.table import Table
+
+    labels = c.labels
+    t = Table(title=f"{title}: candidate {labels.get('candidate', '')} and baseline {labels.get('baseline', '')} "
+                    f"vs reference {labels.get('reference', '')}", header_style="bold")
+    for col in ("stage", "status", "rel-L2 base", "rel-L2 cand", "1-cos base", "1-cos cand", "ratio", "limit rel / angle",
+                "k, floor"):
+        t.add_column(col, justify="left" if col in ("stage", "status") else "right")
+    first = c.first_diverging
+    for r in c.results:
+        e, lim = r.errors, r.limits()
+        name = f"{r.name}  <- first divergence" if first is not None and r.name == first.name else r.name
+        status = r.status + (f" ({r.note})" if r.note and r.status != "no-rule" else "")
+        t.add_row(name, f"[{_STYLE.get(r.status, '')}]{status}[/]",
+                  *(["", "", "", ""] if e is None else [format(e[0].rel_l2, ".3e"), format(e[1].rel_l2, ".3e"),
+                                                         format(e[0].one_minus_cos, ".2e"),
+                                                         format(e[1].one_minus_cos, ".2e")]),
+                  _fmt(r.ratio, ".3f"), "" if lim is None else f"{lim[0]:.3e} / {lim[1]:.3e}",
+                  "" if r.rule is None else f"{r.rule.k:g}, {r.rule.floor:g}")
+    return t
+
+
+def allowance_summary_lines(c) -> list[str]:
+    lines = []
+    if c.not_in_candidate:
+        lines.append(f"reference stages the candidate did not record: {', '.join(c.not_in_candidate)}")
+    if c.only_in_candidate:
+        lines.append(f"stages only in the candidate (not compared): {', '.join(c.only_in_candidate)}")
+    no_rule = [r.name for r in c.results if r.status == "no-rule"]
+    if no_rule:
+        lines.append(f"stages without an allowance rule: {', '.join(no_rule)}")
+    if c.unused_rules:
+        lines.append(f"allowance patterns that matched no stage: {', '.join(c.unused_rules)}")
+    differing = [f"{r.name} rel-L2 {r.cand.rel_l2:.1e}" for r in c.results
+                 if r.name.startswith("input/") and r.cand is not None and r.cand.rel_l2 > 1e-5]
+    if differing:
+        lines.append(f"NOTE: the candidate's model inputs differ from the reference's ({', '.join(differing)}): every "
+                     "model stage then carries that preprocessing difference, which the baseline does not; to judge "
+                     "the model, capture the candidate with --shared-inputs (the reference capture's --save-inputs)")
+    first = c.first_diverging
+    lines.append("PASS: every compared stage within its bf16 allowance" if first is None else
+                 f"FAIL: first diverging stage: {first.name} ({_allowance_why(first)})")
+    return lines
+
+
+def _allowance_why(r) -> str:
+    e, lim = r.errors, r.limits()
+    if e is None or lim is None:
+        return r.note or r.status
+    return (f"rel-L2 {e[1].rel_l2:.3e} vs limit {lim[0]:.3e}, angle {e[1].angle:.3e} vs limit {lim[1]:.3e}; "
+            f"baseline rel-L2 {e[0].rel_l2:.3e}, k {r.rule.k:g}, floor {r.rule.floor:g}")
+
+
+def allowance_json(c, **extra) -> str:
+    first = c.first_diverging
+    stages = []
+    for r in c.results:
+        e, lim = r.errors, r.limits()
+        stages.append({**asdict(r), "ratio": r.ratio,
+                       "errors": None if e is None else {"base": asdict(e[0]), "cand": asdict(e[1])},
+                       "limits": None if lim is None else {"rel_l2": lim[0], "angle": lim[1]}})
+    return json.dumps({
+        "mode": "bf16-allowance", "passed": c.passed, "first_diverging": first.name if first else None,
+        "labels": c.labels, "stages": stages, "not_in_candidate": c.not_in_candidate,
+        "only_in_candidate": c.only_in_candidate, "unused_rules": c.unused_rules, **extra}, indent=2)

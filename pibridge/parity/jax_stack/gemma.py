@@ -24,9 +24,10 @@ def _name(name: str, expert: int) -> str:
     return name if expert == 0 else f"{name}_{expert}"  # gemma.py:443-450
 
 
-def embed_tokens(table: jax.Array, tokens: jax.Array, dtype) -> jax.Array:
-    """table[tokens] * sqrt(D) in the table's dtype, then cast to `dtype` (gemma.py:148-151, :384-386)."""
-    x = table[(tokens,)]
+def embed_tokens(table: jax.Array, tokens: jax.Array, dtype, param_dtype=None) -> jax.Array:
+    """table[tokens] * sqrt(D) in the param dtype (default: the table's), then cast to `dtype`
+    (gemma.py:148-151, :384-386). Rows are gathered before the (exact) cast to the param dtype."""
+    x = table[(tokens,)].astype(param_dtype or table.dtype)
     x = x * jnp.sqrt(table.shape[1]).astype(x.dtype)  # bf16 table: factor bf16(sqrt(2048)) = 45.25
     return x.astype(dtype)
 

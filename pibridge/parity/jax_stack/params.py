@@ -3,12 +3,13 @@
 Axis legend: L Gemma layers, V SigLIP layers. The input is the nested dict OpenPI's restore_params returns
 (openpi src/openpi/models/model.py:286-332: no "params" root, no trailing "value"); paths and shapes must
 equal pibridge.convert.tree.openpi_tree_shapes(variant). Scanned leaves (leading L or V axis,
-gemma.py:365-381, siglip.py:133-145) are split into one dict per layer, each cast to the policy's dtype.
+gemma.py:365-381, siglip.py:133-145) are split into one dict per layer. Leaves are held as
+PrecisionPolicy.store leaves them (stored bf16 stays bf16 under float32; the jitted calls cast per call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import jax
@@ -32,7 +33,7 @@ class ModelParams:
     heads: dict  # action_in_proj, action_out_proj and time_mlp_* (pi05) or state_proj, action_time_mlp_* (pi0)
     pi05: bool
     variant: str  # Variant.name the tree was checked against
-    precision: str  # PrecisionPolicy.name the leaves were cast for
+    precision: str  # PrecisionPolicy.name the leaves were stored for
 
 
 def _normalize_paths(flat: dict[Path, object]) -> dict[Path, object]:
@@ -61,34 +62,63 @@ def check_tree(flat: dict[Path, object], variant: Variant) -> None:
                             fix="pass the matching --variant, or merge LoRA weights into the base weights first")
 
 
-def _layers(flat: dict[Path, object], root: Path, count: int, policy: PrecisionPolicy) -> tuple[dict, ...]:
-    """Split the scanned leaves under `root` into `count` per-layer nested dicts."""
+def _scanned_roots(variant: Variant) -> dict[Path, int]:
+    return {("PaliGemma", "img", "Transformer", "encoderblock"): variant.siglip.depth,
+            ("PaliGemma", "llm", "layers"): variant.paligemma.depth}
+
+
+def _load(shapes: Mapping[Path, object], read: Callable[[Path], object], roots: dict[Path, int],
+          put: Callable[[object], jax.Array]) -> dict[Path, object]:
+    """Every leaf read and handed to jax one at a time (host memory: one leaf beyond the jax params);
+    scanned leaves become a tuple of per-layer arrays."""
+    out = {}
+    for path in shapes:
+        arr = read(path)
+        count = next((n for root, n in roots.items() if path[:len(root)] == root), None)
+        out[path] = put(arr) if count is None else tuple(put(arr[i]) for i in range(count))
+        del arr
+    return out
+
+
+def _layers(flat: dict[Path, object], root: Path, count: int) -> tuple[dict, ...]:
+    """The per-layer leaves under `root` as `count` nested dicts."""
     sub = {p[len(root):]: v for p, v in flat.items() if p[:len(root)] == root}
-    return tuple(nest({p: policy.cast(v[i]) for p, v in sub.items()}) for i in range(count))
+    return tuple(nest({p: v[i] for p, v in sub.items()}) for i in range(count))
 
 
-def _subtree(flat: dict[Path, object], root: Path, policy: PrecisionPolicy) -> dict:
-    return nest({p[len(root):]: policy.cast(v) for p, v in flat.items() if p[:len(root)] == root})
+def _subtree(flat: dict[Path, object], root: Path) -> dict:
+    return nest({p[len(root):]: v for p, v in flat.items() if p[:len(root)] == root})
 
 
-def prepare_params(tree: Mapping, variant: Variant, policy: PrecisionPolicy) -> ModelParams:
-    """Check `tree` against `variant`, cast every leaf to the policy's param dtype, split scanned layers."""
-    flat = _normalize_paths(flatten(tree))
-    check_tree(flat, variant)
+def _source(tree) -> tuple[Mapping[Path, object], Callable[[Path], object]]:
+    """(leaf shapes, read one leaf) of a nested dict or of a checkpoint (anything with .leaves and .read(path),
+    e.g. pibridge.convert.reader.OpenPICheckpoint: leaves are then read from disk one at a time)."""
+    if isinstance(tree, Mapping):
+        flat = _normalize_paths(flatten(tree))
+        return flat, flat.__getitem__
+    return tree.leaves, tree.read
+
+
+def prepare_params(tree, variant: Variant, policy: PrecisionPolicy, *, cast_up_front: bool = False) -> ModelParams:
+    """Check `tree` (OpenPI's nested dict, or an opened checkpoint) against `variant`, hand each leaf to jax
+    (policy.store: bf16 leaves stay bf16 under float32 and are cast per call; cast_up_front=True casts every
+    leaf to the param dtype here instead: same results, more memory), split scanned layers."""
+    shapes, read = _source(tree)
+    check_tree(shapes, variant)
+    flat = _load(shapes, read, _scanned_roots(variant), policy.cast if cast_up_front else policy.store)
     img, llm = ("PaliGemma", "img"), ("PaliGemma", "llm")
     heads = ("action_in_proj", "action_out_proj") + (
         ("time_mlp_in", "time_mlp_out") if variant.pi05 else ("state_proj", "action_time_mlp_in",
                                                               "action_time_mlp_out"))
     return ModelParams(
-        img_embed={"embedding": _subtree(flat, img + ("embedding",), policy),
-                   "pos_embedding": policy.cast(flat[img + ("pos_embedding",)])},
-        img_blocks=_layers(flat, img + ("Transformer", "encoderblock"), variant.siglip.depth, policy),
-        img_head={"encoder_norm": _subtree(flat, img + ("Transformer", "encoder_norm"), policy),
-                  "head": _subtree(flat, img + ("head",), policy)},
-        embedder=policy.cast(flat[llm + ("embedder", "input_embedding")]),
-        llm_layers=_layers(flat, llm + ("layers",), variant.paligemma.depth, policy),
-        final_norm_expert=_subtree(flat, llm + ("final_norm_1",), policy),
-        heads={h: _subtree(flat, (h,), policy) for h in heads},
+        img_embed={"embedding": _subtree(flat, img + ("embedding",)), "pos_embedding": flat[img + ("pos_embedding",)]},
+        img_blocks=_layers(flat, img + ("Transformer", "encoderblock"), variant.siglip.depth),
+        img_head={"encoder_norm": _subtree(flat, img + ("Transformer", "encoder_norm")),
+                  "head": _subtree(flat, img + ("head",))},
+        embedder=flat[llm + ("embedder", "input_embedding")],
+        llm_layers=_layers(flat, llm + ("layers",), variant.paligemma.depth),
+        final_norm_expert=_subtree(flat, llm + ("final_norm_1",)),
+        heads={h: _subtree(flat, (h,)) for h in heads},
         pi05=variant.pi05,
         variant=variant.name,
         precision=policy.name,
