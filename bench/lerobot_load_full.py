@@ -7,7 +7,8 @@ every tensor of OUT/model.safetensors with the loaded state dict (missing, unexp
 `--mmap-weights`: LeRobot's loader gets a memory-mapped view of the file instead of safetensors' in-memory copy (same
 keys and bytes; LeRobot's own key fixing and load_state_dict run unchanged): LeRobot 0.5.1 otherwise peaks above
 the ~23 GiB of this machine for a full-size bf16 pi0 (OOM-killed at 23.3 GB anonymous RSS).
-One full model at a time (a bf16 load peaks at ~19 GB); each OUT and checkpoint is deleted after use.
+One full model at a time (a LeRobot 0.6.1 bf16 load peaks at ~19 GB; 0.5.1 needs ~35-40 GB, i.e. swap on this
+machine: see the notes in the results); each OUT and checkpoint is deleted after use.
 Needs ~12 GB of disk. Results: bench/results/lerobot_load_full.{json,md}.
 
     .venv/bin/python bench/lerobot_load_full.py [--workdir /work/bench-lr] [--models pi0,pi05] [--lerobot 0.6.1,0.5.1]
@@ -20,6 +21,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,18 +33,44 @@ CLI = [str(ROOT / ".venv" / "bin" / "pibridge")]
 CAMS = ["--camera-map", "base_0_rgb=top,left_wrist_0_rgb=wrist"]
 
 
+def swap_used() -> int:
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return (int(info["SwapTotal"].split()[0]) - int(info["SwapFree"].split()[0])) * 1024
+
+
+class SwapPeak:
+    """Largest swap use seen while the block runs (polled every 0.2 s): a load that needs more than the machine's
+    RAM completes only with swap, and its resident peak alone would understate what it needs."""
+
+    def __enter__(self):
+        self.peak, self._stop = swap_used(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, swap_used())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def load_one(ck: Path, out: Path, model: str, lerobot: str) -> dict:
     convert = CLI + ["convert", str(ck), str(out), "--profile", f"{model}_droid", *CAMS, "--lerobot-version", lerobot,
                      "--weights-dtype", "bfloat16", "--runtime-dtype", "bfloat16",
                      "--tokenizer", str(ROOT / "tests" / "data" / "test_spm.model")]
     convert_s, convert_rss, _ = run_measured(convert)
     py = ROOT / ".venvs" / f"lr-{lerobot}" / "bin" / "python"
-    load_s, load_rss, printed = run_measured([str(py), "-m", "pibridge.parity.lerobot_stack", str(out), "-", "-",
-                                              "--load-only", "--mmap-weights"])
+    swap_before = swap_used()
+    with SwapPeak() as swap:
+        load_s, load_rss, printed = run_measured([str(py), "-m", "pibridge.parity.lerobot_stack", str(out), "-",
+                                                  "-", "--load-only", "--mmap-weights"])
     shutil.rmtree(out)
     row = json.loads(printed.strip().splitlines()[-1])
     row.update(model=model, lerobot_version=lerobot, weights_given_as="mmap", convert_s=round(convert_s, 1), convert_peak_rss=convert_rss,
-               load_wall_s=round(load_s, 1), load_peak_rss=load_rss)
+               load_wall_s=round(load_s, 1), load_peak_rss=load_rss, load_peak_swap=max(0, swap.peak - swap_before))
     return row
 
 
@@ -50,14 +78,29 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# Full-size synthetic checkpoints (bf16) loaded by the real LeRobot, checked by pibridge",
              "", f"Measured {time.strftime('%Y-%m-%d')} on this machine (CPU) by bench/lerobot_load_full.py.", "",
              "| model | LeRobot | transformers | torch | file keys | missing | unexpected | wrong shape | wrong value "
-             "| load wall | load peak RSS | file handed to LeRobot | convert wall |", "|---" * 13 + "|"]
+             "| load wall | load peak RSS | peak swap used | file handed to LeRobot | convert wall |", "|---" * 14 + "|"]
     for r in rows:
         v = r["versions"]
+        swap = f"{r['load_peak_swap'] / 1e9:.2f} GB" if "load_peak_swap" in r else "-"
         lines.append(f"| {r['model']} | {v['lerobot']} | {v['transformers']} | {v['torch']} | {r['load_keys']} | "
                      f"{r['missing']} | {r['unexpected']} | {r['wrong_shape']} | {r['wrong_value']} | "
-                     f"{r['load_wall_s']:.0f} s | {r['load_peak_rss'] / 1e9:.2f} GB | "
+                     f"{r['load_wall_s']:.0f} s | {r['load_peak_rss'] / 1e9:.2f} GB | {swap} | "
                      f"{r.get('weights_given_as', 'load_file (in memory)')} | {r['convert_s']:.0f} s |")
+    lines += ["", NOTES]
     return "\n".join(lines) + "\n"
+
+
+NOTES = """\
+Reading the table: "file keys" is the number of tensors in OUT/model.safetensors; missing / unexpected compare the
+policy's state dict with the file; wrong shape / wrong value compare every tensor of the file with the loaded one
+(pibridge's check; LeRobot itself only prints a warning). With "mmap" LeRobot's loader gets a memory-mapped view of
+the file, so the peak RSS includes the file's ~6.5-6.7 GB of page cache (reclaimable) on top of the model.
+Both releases build the model in float32 and cast it to bf16 afterwards (lerobot 0.5.1
+policies/pi0/modeling_pi0.py:369-397, 0.6.1 :216-244, pi05 likewise), but LeRobot 0.5.1 with its transformers 5.3.0
+needs far more than this machine's ~23 GiB for a full-size bf16 load (OOM-killed at 23.3 GB anonymous RSS, with or
+without mmap; where inside transformers 5.3.0 the extra memory goes was not investigated). Those rows ran with a
+temporary 24 GB swap file; "peak swap used" is the machine-wide swap in use during the load (SwapPeak), so 0.5.1
+needs roughly 35-40 GB in all. LeRobot 0.6.1 loads without swap (0 bytes swapped while it was available)."""
 
 
 def main() -> int:
