@@ -65,7 +65,7 @@ goldens: setup
 
 bench: setup
 	$(BIN)/python bench/synth_full.py
-	$(BIN)/python bench/convert_full.py
+	$(BIN)/python bench/convert_full.py --roundtrip
 
 clean:
 	rm -rf demo-out .pytest_cache build *.egg-info

@@ -17,7 +17,7 @@ import numpy as np
 from pibridge.convert import safetensors_writer as sw
 
 SHAPES = [(2048, 16384), (16384, 2048), (2048, 2048)]  # gating / linear / attention kernels of gemma_2b
-ALTERNATIVES = [(128, 128), (8, 8192), (32, 1024)]
+ALTERNATIVES = [(128, 128), (16, 2048), (32, 1024)]
 
 
 def tiled(view: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -82,7 +82,7 @@ def render(outcomes: list[Outcome], workdir: Path, seconds: float) -> str:
              "exit 1: parity tolerance failure. \"Nothing written\": every input byte-identical afterwards (sha256 "
              "of the tree), no OUT (or the existing OUT unchanged), no `.out.pibridge-tmp-*` temporaries; for the "
              "cases that are meant to write, everything except that output.", "",
-             f"{len(outcomes)} cases: {n_pass} pass, {n_xfail} xfail (known gap, see below); "
+             f"{len(outcomes)} cases: {n_pass} pass" + (f", {n_xfail} xfail (known gap, see below)" if n_xfail else "") + "; "
              f"{seconds:.0f} s wall for the whole table.", "",
              "| case | what | command | exit | message (first line) | nothing written | result |",
              "|---|---|---|---|---|---|---|"]

@@ -205,9 +205,9 @@ def _check_cast(name: str, src: np.dtype, dst: np.dtype) -> None:
 
 
 # Tiled transpose: each tile writes TILE_ROWS elements per output row (a 64-byte cache line in float32) for
-# TILE_COLS output rows. Measured here (2048x16384 and 16384x2048 kernels): float32 0.55-0.65 s/GB vs 1.5-4.4 for
-# square 128x128 tiles and 1.6 for numpy's strided copy; bfloat16 1.0 vs 1.8 (bench/transpose_tiles.py).
-TILE_ROWS, TILE_COLS = 16, 2048
+# TILE_COLS output rows. Measured here (gemma_2b / SigLIP kernels, quiet machine): float32 0.30-0.52 s/GB, bfloat16
+# 0.67-1.03, vs 1.5-4.4 for square 128x128 tiles and 1.5-5.9 for numpy's strided copy (bench/transpose_tiles.py).
+TILE_ROWS, TILE_COLS = 16, 4096
 
 
 def _contiguous(x: np.ndarray) -> np.ndarray:

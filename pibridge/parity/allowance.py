@@ -175,7 +175,8 @@ def judge_stage(name: str, ref: Stage, base: Stage, cand: Stage, rule: Allowance
 
 
 def _fingerprint(t: Trace, key: str) -> str | None:
-    return (t.meta.get(key) or {}).get("fingerprint")
+    value = t.meta.get(key)
+    return value if isinstance(value, str) else (value or {}).get("fingerprint")  # str: traces before 2026-11-26
 
 
 def check_traces(ref: Trace, base: Trace, cand: Trace) -> None:

@@ -382,7 +382,8 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
     meta = {"stack": "lerobot", "versions": ver, "fixes": done, "fixes_enabled": fixes,
             "precision": "bf16" if policy.config.dtype == "bfloat16" else "float32", "runtime_dtype": policy.config.dtype,
             "inputs": "model_inputs" if model_inputs is not None else "pipeline", "checkpoint": str(out_dir),
-            "observation": obs.fingerprint(), "load": {"keys": check.keys, "missing": 0, "unexpected": 0},
+            "observation": {"fingerprint": obs.fingerprint(), "batch": obs.batch},
+            "load": {"keys": check.keys, "missing": 0, "unexpected": 0},
             "not_comparable": not_comparable(obs.image_mask, slots, empty)}
     if trace_path is not None:
         write_trace(Path(trace_path), recorder, meta)

@@ -33,17 +33,15 @@ def comparison_table(c: Comparison, title: str = "parity"):
     return t
 
 
+def _listed(labelled: list[tuple[str, list[str]]]) -> list[str]:
+    """One "label: a, b, c" line per non-empty list."""
+    return [f"{label}: {', '.join(items)}" for label, items in labelled if items]
+
+
 def summary_lines(c: Comparison) -> list[str]:
-    lines = []
-    if c.only_in_a:
-        lines.append(f"stages only in A (not compared): {', '.join(c.only_in_a)}")
-    if c.only_in_b:
-        lines.append(f"stages only in B (not compared): {', '.join(c.only_in_b)}")
-    no_rule = [r.name for r in c.results if r.status == "no-rule"]
-    if no_rule:
-        lines.append(f"stages without a tolerance rule: {', '.join(no_rule)}")
-    if c.unused_rules:
-        lines.append(f"tolerance patterns that matched no stage: {', '.join(c.unused_rules)}")
+    lines = _listed([("stages only in A (not compared)", c.only_in_a), ("stages only in B (not compared)", c.only_in_b),
+                     ("stages without a tolerance rule", [r.name for r in c.results if r.status == "no-rule"]),
+                     ("tolerance patterns that matched no stage", c.unused_rules)])
     first = c.first_diverging
     lines.append("PASS: every compared stage within tolerance" if first is None else
                  f"FAIL: first diverging stage: {first.name} ({_why(first)})")
@@ -93,16 +91,10 @@ def allowance_table(c, title: str = "bf16 allowance"):
 
 
 def allowance_summary_lines(c) -> list[str]:
-    lines = []
-    if c.not_in_candidate:
-        lines.append(f"reference stages the candidate did not record: {', '.join(c.not_in_candidate)}")
-    if c.only_in_candidate:
-        lines.append(f"stages only in the candidate (not compared): {', '.join(c.only_in_candidate)}")
-    no_rule = [r.name for r in c.results if r.status == "no-rule"]
-    if no_rule:
-        lines.append(f"stages without an allowance rule: {', '.join(no_rule)}")
-    if c.unused_rules:
-        lines.append(f"allowance patterns that matched no stage: {', '.join(c.unused_rules)}")
+    lines = _listed([("reference stages the candidate did not record", c.not_in_candidate),
+                     ("stages only in the candidate (not compared)", c.only_in_candidate),
+                     ("stages without an allowance rule", [r.name for r in c.results if r.status == "no-rule"]),
+                     ("allowance patterns that matched no stage", c.unused_rules)])
     differing = [f"{r.name} rel-L2 {r.cand.rel_l2:.1e}" for r in c.results
                  if r.name.startswith("input/") and r.cand is not None and r.cand.rel_l2 > 1e-5]
     if differing:

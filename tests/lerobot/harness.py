@@ -86,7 +86,8 @@ def jax_trace(ckpt: Path, out: Path, obs, precision: str, trace: Path, *, npz: P
     inputs = preprocess(observation_dict(obs), profile, ck.norm_stats(asset), load_tokenizer(TOKENIZER))
     rec = StageRecorder()
     run_policy(ck.read_tree(), load_variant(prov["variant"]), inputs, obs.noise, precision=precision, record=rec)
-    write_trace(trace, rec, {"stack": "jax", "precision": precision})
+    write_trace(trace, rec, {"stack": "jax", "precision": precision,
+                             "observation": {"fingerprint": obs.fingerprint(), "batch": obs.batch}})
     if npz is not None:
         np.savez(npz, images=inputs.images, image_mask=inputs.image_mask, state=inputs.state, tokens=inputs.tokens,
                  token_mask=inputs.token_mask)
