@@ -25,7 +25,7 @@ import numpy as np
 
 from pibridge.configs import CONFIG_DIR
 from pibridge.errors import PibridgeError
-from pibridge.parity.compare import Metrics, stage_metrics
+from pibridge.parity.compare import Metrics, rules_from_json, stage_metrics
 from pibridge.parity.stages import Stage
 from pibridge.parity.trace import Trace
 
@@ -110,7 +110,7 @@ def load_allowance(path: Path | None = None) -> list[AllowanceRule]:
     path = Path(path or ALLOWANCE_FILE)
     try:
         raw = json.loads(path.read_text())
-        return [AllowanceRule(**r) for r in raw["rules"]]
+        return rules_from_json(AllowanceRule, raw["rules"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PibridgeError(f"allowance file {path} is invalid ({err})",
                             'JSON {"rules": [{"pattern", "k", "floor", "why"}, ...]}',

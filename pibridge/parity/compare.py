@@ -76,11 +76,19 @@ class Comparison:
         return self.first_diverging is None
 
 
+def rules_from_json(cls, rows: list[dict]) -> list:
+    """Dataclass instances from JSON objects; ValueError naming a rule's unknown (e.g. misspelt) fields."""
+    fields = set(cls.__dataclass_fields__)
+    for i, row in enumerate(rows):
+        if unknown := sorted(set(row) - fields):
+            raise ValueError(f"rule {i} ({row.get('pattern', '?')}) has unknown fields {unknown}")
+    return [cls(**row) for row in rows]
+
+
 def load_rules(path: Path | None = None) -> list[Rule]:
     path = path or CONFIG_DIR / "tolerances.json"
     try:
-        raw = json.loads(Path(path).read_text())
-        return [Rule(**r) for r in raw["rules"]]
+        return rules_from_json(Rule, json.loads(Path(path).read_text())["rules"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PibridgeError(f"tolerance file {path} is invalid ({err})",
                             'JSON {"rules": [{"pattern", "precision", "max_abs", "min_cosine", "kind", "why"}, ...]}',
