@@ -58,3 +58,18 @@ def test_bf16_precision_still_casts_float32_leaves_up_front(tmp_path):
     write_synthetic_checkpoint(tmp_path / "ck", variant="tiny-pi05", seed=0, profile="pi05_droid", asset_id="droid")
     m = prepare_params(open_checkpoint(tmp_path / "ck"), load_variant("tiny-pi05"), get_policy("bf16"))
     assert {str(a.dtype) for a in _leaves(m)} == {"bfloat16"}
+
+
+def test_capture_fingerprints_the_checkpoint_while_loading_it(tmp_path):
+    """A checkpoint without a recorded fingerprint (a real one) is hashed as prepare_params reads its leaves, with
+    the same result as the separate pass `OpenPICheckpoint.fingerprint()` makes, and the same params."""
+    from pibridge.convert.fingerprint import Fingerprint
+    from pibridge.parity.jax_capture import fingerprinting
+
+    write_synthetic_checkpoint(tmp_path / "ck", variant="tiny-pi0", seed=1, dtype="bfloat16", profile="pi0_droid",
+                               asset_id="droid")
+    ck, variant, fp = open_checkpoint(tmp_path / "ck"), load_variant("tiny-pi0"), Fingerprint()
+    m = prepare_params(fingerprinting(ck, fp), variant, get_policy("float32"))
+    assert fp.hexdigest() == ck.fingerprint() == ck.synth_record["fingerprint"]
+    plain = prepare_params(ck, variant, get_policy("float32"))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(_leaves(m), _leaves(plain)))

@@ -9,6 +9,9 @@ openpi_preprocess.preprocess_detailed -> jax_stack.run_policy -> openpi_preproce
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
+
+from pibridge.convert.fingerprint import Fingerprint
 from pibridge.parity import stages as st
 from pibridge.parity.capture import (CaptureRequest, load_model_inputs, package_versions, preprocessing_record,
                                      resolve_profile, save_model_inputs)
@@ -36,18 +39,20 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     if req.save_inputs is not None:
         save_model_inputs(req.save_inputs, inputs)
     t2 = time.perf_counter()
-    params = prepare_params(ck, variant, get_policy(req.precision))  # leaf by leaf; bf16 stays bf16 under float32
+    synth = ck.synth_record or {}
+    fp = None if synth.get("fingerprint") else Fingerprint()  # a real checkpoint: hashed while its leaves load
+    source = ck if fp is None else fingerprinting(ck, fp)
+    params = prepare_params(source, variant, get_policy(req.precision))  # leaf by leaf; bf16 stays bf16 under f32
     t3 = time.perf_counter()
     rec = StageRecorder()
     actions = run_policy(params, variant, inputs, obs.noise, precision=req.precision, num_steps=req.steps, record=rec)
     t4 = time.perf_counter()
     rec.record(st.ACTIONS_UNNORMALIZED, postprocess_actions(actions, inputs.state, profile, stats),
                seconds=time.perf_counter() - t4)
-    del params  # before ck.fingerprint() reads every leaf again (full size: params 6.7 GB + largest leaf 2.4 GB)
-    synth = ck.synth_record or {}
+    del params
     meta = {
         "packages": package_versions("jax", "jaxlib", "flax", "orbax-checkpoint", "tensorstore"),
-        "checkpoint": {"path": str(req.ckpt), "fingerprint": synth.get("fingerprint") or ck.fingerprint(),
+        "checkpoint": {"path": str(req.ckpt), "fingerprint": synth.get("fingerprint") or fp.hexdigest(),
                        "synth": ck.synth_record, "variant": variant.name},
         "observation": {"path": str(req.obs), "fingerprint": obs.fingerprint(), "batch": obs.batch},
         "profile": profile.name, "fixes_applied": {}, "not_comparable": {},
@@ -56,3 +61,14 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
                     "sample_s": round(t4 - t3, 4)},
     }
     return rec, meta
+
+
+def fingerprinting(ck, fp: Fingerprint) -> SimpleNamespace:
+    """`ck` as prepare_params reads it (.leaves, .read), adding every leaf it reads to `fp`: the checkpoint's
+    fingerprint (order-independent, convert/fingerprint.py) without a second pass over the stored data."""
+    def read(path):
+        arr = ck.read(path)
+        fp.add(path, arr)
+        return arr
+
+    return SimpleNamespace(leaves=ck.leaves, read=read)
