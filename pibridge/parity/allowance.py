@@ -25,7 +25,7 @@ import numpy as np
 
 from pibridge.configs import CONFIG_DIR
 from pibridge.errors import PibridgeError
-from pibridge.parity.compare import Metrics, rules_from_json, stage_metrics
+from pibridge.parity.compare import Metrics, Verdict, rules_from_json, stage_metrics
 from pibridge.parity.stages import Stage
 from pibridge.parity.trace import Trace
 
@@ -90,20 +90,12 @@ class AllowanceResult:
 
 
 @dataclass(frozen=True)
-class AllowanceComparison:
+class AllowanceComparison(Verdict):
     results: list[AllowanceResult]
     not_in_candidate: list[str]  # REF stages the candidate did not record
     only_in_candidate: list[str]
     unused_rules: list[str]
     labels: dict = field(default_factory=dict)  # {"reference"|"baseline"|"candidate": "stack (precision)"}
-
-    @property
-    def first_diverging(self) -> AllowanceResult | None:
-        return next((r for r in self.results if r.failed), None)
-
-    @property
-    def passed(self) -> bool:
-        return self.first_diverging is None
 
 
 def load_allowance(path: Path | None = None) -> list[AllowanceRule]:

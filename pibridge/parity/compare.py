@@ -59,21 +59,27 @@ class StageResult:
         return self.status in ("fail", "shape-mismatch", "nonfinite")
 
 
-@dataclass(frozen=True)
-class Comparison:
-    results: list[StageResult]
-    precision: str
-    only_in_a: list[str]
-    only_in_b: list[str]
-    unused_rules: list[str]
+class Verdict:
+    """The verdict of a comparison with per-stage `results` (execution order), each with `.failed`."""
+
+    results: list
 
     @property
-    def first_diverging(self) -> StageResult | None:
+    def first_diverging(self):
         return next((r for r in self.results if r.failed), None)
 
     @property
     def passed(self) -> bool:
         return self.first_diverging is None
+
+
+@dataclass(frozen=True)
+class Comparison(Verdict):
+    results: list[StageResult]
+    precision: str
+    only_in_a: list[str]
+    only_in_b: list[str]
+    unused_rules: list[str]
 
 
 def rules_from_json(cls, rows: list[dict]) -> list:
