@@ -1,9 +1,11 @@
 """Permissions, checked as an unprivileged user (CI runs as root, which bypasses file modes: as root the CLI
-runs with uid/gid 65534, nobody). Unreadable checkpoint metadata, data or norm stats, an output parent that is
+runs with uid/gid 65534, nobody; where nobody cannot reach the checkout, e.g. a clone under a 0700 `mktemp -d`, it
+runs as root without any capability, to which file modes apply as well). Unreadable checkpoint metadata, data or norm stats, an output parent that is
 not writable, another user's OUT in a sticky directory: one message, exit 2, nothing written."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
@@ -21,13 +23,25 @@ NOBODY = 65534
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _unprivileged_prefix() -> list[str]:
-    """As root: run the child as nobody (setpriv drops uid, gid and supplementary groups before exec)."""
+NOBODY_PREFIX = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+NO_CAPS_PREFIX = ("setpriv", "--bounding-set=-all", "--inh-caps=-all")  # uid 0, but no CAP_DAC_OVERRIDE & co.
+
+
+@functools.cache
+def _prefix() -> tuple[str, ...]:
+    """As root: run the child as nobody (setpriv drops uid, gid and supplementary groups before exec), or, when
+    nobody cannot run this interpreter / import pibridge from where the checkout lives, as capability-less root."""
     if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
+        return ()
+    probe = subprocess.run([*NOBODY_PREFIX, sys.executable, "-c", "import pibridge.cli"], capture_output=True,
+                           cwd="/", timeout=120)
+    return NOBODY_PREFIX if probe.returncode == 0 else NO_CAPS_PREFIX
+
+
+def _unprivileged_prefix() -> list[str]:
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv (util-linux) to drop privileges")
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return list(_prefix())
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -45,7 +59,7 @@ def shared():
     """A directory every user can reach (pytest's tmp dirs are 0700), with a checkpoint all can read."""
     probe = _run("-c", "import pibridge.cli")
     if probe.returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot run this interpreter / import pibridge: {probe.stderr[-200:]}")
+        pytest.skip(f"{_prefix()} cannot run this interpreter / import pibridge: {probe.stderr[-200:]}")
     root = Path(tempfile.mkdtemp(prefix="pibridge-perm-"))
     root.chmod(0o777)
     ck = root / "ck"
@@ -124,8 +138,8 @@ def test_atomic_output_dir_refuses_parent_not_writable(parent):
 
 def test_force_over_another_users_output_in_a_sticky_directory(shared, parent):
     """rename(2) in a sticky directory (like /tmp) needs ownership: refused up front, not after writing."""
-    if os.geteuid() != 0:
-        pytest.skip("needs a second user to own OUT")
+    if os.geteuid() != 0 or _prefix() != NOBODY_PREFIX:
+        pytest.skip("needs root to make OUT another user's, and the CLI running as nobody (root owns it all)")
     _, ck = shared
     parent.chmod(0o1777)
     out = parent / "out"
