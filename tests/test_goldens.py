@@ -1,7 +1,8 @@
-"""Goldens (tests/golden/, made by tools/make_goldens.py and validated then against OpenPI's own Pi0):
-the synth formula and the observation still produce what the goldens were made from, OpenPI's preprocessing still
-gives the stored inputs, the JAX stack reproduces every recorded stage, and the torch stack on the converted
-checkpoint matches them within configs/tolerances.json (float32, and bf16 with the runtime fixes)."""
+"""Goldens (tests/golden/<set>/, made by tools/make_goldens.py and validated then against OpenPI's own Pi0), every
+set: the synth formula and the observation still produce what the goldens were made from, OpenPI's preprocessing
+still gives the stored inputs, today's JAX stack (jitted) is within the host-spread limits of
+configs/golden_rules.json at every recorded stage, and the torch stack on the converted checkpoint matches them
+within configs/tolerances.json (float32, and bf16 with the runtime fixes)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,19 @@ from pibridge.parity import goldens as g
 from pibridge.parity.trace import read_trace
 
 pytestmark = [pytest.mark.jax, pytest.mark.torch]
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_ROOT = Path(__file__).parent / "golden"
+SETS = g.golden_sets(GOLDEN_ROOT)
 TOKENIZER = Path(__file__).parent / "data" / "test_spm.model"
 CASES = [(s, p) for s in g.SPECS for p in g.PRECISIONS]
+SET_CASES = [(d, s, p) for d in SETS for s, p in CASES]
 
 
 def _id(case):
     return case[0].trace_name(case[1]).removesuffix(".safetensors")
+
+
+def _set_id(case):
+    return f"{case[0].name}/{_id(case[1:])}"
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +48,24 @@ def made(tmp_path_factory):
     return out
 
 
-def _golden(spec, precision):
-    return read_trace(GOLDEN / spec.trace_name(precision))
+def _golden(spec, precision, set_dir=None):
+    return read_trace((set_dir or SETS[0]) / spec.trace_name(precision))
 
 
-def test_goldens_exist_small_and_validated():
-    total = sum(f.stat().st_size for f in GOLDEN.iterdir())
+def test_golden_sets_exist_small_validated_and_record_their_host():
+    assert SETS and SETS[0].name == g.FOREIGN_SET or g.FOREIGN_SET in [d.name for d in SETS]
+    total = sum(f.stat().st_size for f in GOLDEN_ROOT.rglob("*") if f.is_file())
     assert total < 20e6
-    for spec, precision in CASES:
-        meta = _golden(spec, precision).meta
-        assert meta["openpi_commit"] == g.OPENPI_COMMIT
-        assert meta["openpi_actions_max_abs"] <= (g.FP32_LIMIT if precision == "float32" else 1e-2)
-        assert meta["num_steps"] == g.NUM_STEPS and meta["precision"] == precision
-        assert set(meta["versions"]) == {"jax", "flax"}
+    for set_dir in SETS:
+        for spec, precision in CASES:
+            trace = _golden(spec, precision, set_dir)
+            meta = trace.meta
+            assert meta["openpi_commit"] == g.OPENPI_COMMIT
+            assert meta["openpi_actions_max_abs"] <= (g.FP32_LIMIT if precision == "float32" else 1e-2)
+            assert meta["num_steps"] == g.NUM_STEPS and meta["precision"] == precision
+            assert {"jax", "flax"} <= set(meta["versions"])
+            host = g.set_host(set_dir, trace)
+            assert host and ("cpu" in host or "note" in host), f"{set_dir.name}: no host recorded"
 
 
 @pytest.mark.parametrize("spec", g.SPECS, ids=lambda s: s.variant)
@@ -61,16 +73,22 @@ def test_synth_and_observation_still_match_the_goldens(spec, made):
     """A changed synth formula or observation generator changes a fingerprint: regenerate goldens then."""
     synth, _ = made[spec.variant]
     obs = g.golden_observation(spec)
-    for precision in g.PRECISIONS:
-        meta = _golden(spec, precision).meta
-        assert meta["checkpoint_fingerprint"] == synth.fingerprint
-        assert meta["observation_fingerprint"] == obs.fingerprint()
+    for set_dir in SETS:
+        for precision in g.PRECISIONS:
+            meta = _golden(spec, precision, set_dir).meta
+            assert meta["checkpoint_fingerprint"] == synth.fingerprint
+            assert meta["observation_fingerprint"] == obs.fingerprint()
 
 
 @pytest.mark.parametrize("spec", g.SPECS, ids=lambda s: s.variant)
 def test_openpi_preprocessing_gives_the_stored_inputs(spec, made):
     synth, _ = made[spec.variant]
-    stored, noise, _ = g.load_inputs(GOLDEN / spec.inputs_name)
+    stored, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
+    for set_dir in SETS[1:]:  # every set holds the same inputs (host-independent integer work)
+        other, other_noise, _ = g.load_inputs(set_dir / spec.inputs_name)
+        np.testing.assert_array_equal(other.tokens, stored.tokens)
+        np.testing.assert_array_equal(other.images, stored.images)
+        np.testing.assert_array_equal(other_noise, noise)
     pre = g.golden_inputs(spec, g.golden_observation(spec), synth.out, TOKENIZER)
     np.testing.assert_array_equal(pre.inputs.images, stored.images)
     np.testing.assert_array_equal(pre.inputs.image_mask, stored.image_mask)
@@ -80,28 +98,37 @@ def test_openpi_preprocessing_gives_the_stored_inputs(spec, made):
     np.testing.assert_array_equal(g.golden_observation(spec).noise, noise)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_id)
-def test_jax_stack_reproduces_golden(case, made):
+@pytest.fixture(scope="module")
+def today(made):
+    """(variant, precision) -> today's JAX-stack stages (jitted) on the golden inputs."""
     from pibridge.configs import load_variant
     from pibridge.convert.reader import open_checkpoint
 
-    spec, precision = case
-    golden = _golden(spec, precision)
-    inputs, noise, _ = g.load_inputs(GOLDEN / spec.inputs_name)
-    synth, _ = made[spec.variant]
-    _, stages = g.jax_golden_stages(open_checkpoint(synth.out).read_tree(), load_variant(spec.variant), inputs,
-                                    noise, precision)
-    assert [s.name for s in stages] == golden.order
-    for s in stages:
-        ref = golden.stages[s.name]
-        valid = ref.valid_full()
-        scale = 1.0 + float(np.abs(ref.value[valid]).max(initial=0.0))
-        err = float(np.abs(s.value - ref.value)[valid].max(initial=0.0))
-        # exact on the machine that made them; other CPUs / XLA builds may reorder float32 sums slightly
-        assert err <= 1e-5 * scale, f"{s.name}: max-abs {err:.3e}"
+    out = {}
+    for spec in g.SPECS:
+        inputs, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
+        params = open_checkpoint(made[spec.variant][0].out).read_tree()
+        for precision in g.PRECISIONS:
+            out[spec.variant, precision] = g.jax_golden_stages(params, load_variant(spec.variant), inputs, noise,
+                                                               precision)[1]
+    return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", SET_CASES, ids=_set_id)
+def test_jax_stack_within_host_spread_of_golden(case, today):
+    """Every set, every stage: within configs/golden_rules.json (multiple x the measured host spread)."""
+    from pibridge.parity.golden_rules import check_golden
+    from pibridge.parity.hostinfo import host_info
+
+    set_dir, spec, precision = case
+    golden = _golden(spec, precision, set_dir)
+    result = check_golden(g.case_name(spec, precision), golden, today[spec.variant, precision],
+                          golden_host=g.set_host(set_dir, golden), today_host=host_info())
+    assert len(result.rows) == len(golden.order)
+    assert result.passed, result.explain()
+
+
+@pytest.mark.parametrize("case", SET_CASES, ids=_set_id)
 def test_torch_stack_matches_golden_within_tolerances(case, made):
     from pibridge.configs import load_variant
     from pibridge.parity.compare import compare
@@ -111,16 +138,16 @@ def test_torch_stack_matches_golden_within_tolerances(case, made):
     from pibridge.parity.torch_stack.model import load_policy
     from pibridge.parity.trace import Trace
 
-    spec, precision = case
+    set_dir, spec, precision = case
     runtime = "float32" if precision == "float32" else "bfloat16"
-    inputs, noise, _ = g.load_inputs(GOLDEN / spec.inputs_name)
+    inputs, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
     policy = load_policy(made[spec.variant][1], load_variant(spec.variant), runtime)
     apply_runtime_fixes(policy, runtime_dtype=runtime, lerobot_version="0.6.1")
     rec = StageRecorder()
     sample_actions(policy, inputs, noise, num_steps=g.NUM_STEPS, recorder=rec)
-    result = compare(_golden(spec, precision), Trace({s.name: s for s in rec}, {"precision": precision}))
+    result = compare(_golden(spec, precision, set_dir), Trace({s.name: s for s in rec}, {"precision": precision}))
     assert result.precision == precision
     assert not [r.name for r in result.results if r.status == "no-rule"]
     bad = [(r.name, r.metrics and (r.metrics.cosine, r.metrics.max_abs)) for r in result.results if r.failed]
     assert result.passed, bad
-    assert len(result.results) == len(_golden(spec, precision).order)
+    assert len(result.results) == len(_golden(spec, precision, set_dir).order)

@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--openpi-python", type=Path, default=Path("/work/openpi-venv/bin/python"),
                     help="interpreter of an environment that runs OpenPI's model code")
     ap.add_argument("--openpi-commit", default=None, help="commit of --openpi-src when it has no .git")
-    ap.add_argument("--out-dir", type=Path, default=REPO / "tests" / "golden")
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help="the set to write (default: tests/golden/<this host's set name>, e.g. amd-epyc-avx512)")
     ap.add_argument("--variants", nargs="*", default=None)
     ap.add_argument("--openpi-side", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
@@ -153,6 +154,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.openpi_side:
         return main_openpi_side(args)
+    if args.out_dir is None:
+        from pibridge.parity.hostinfo import host_info
+
+        args.out_dir = REPO / "tests" / "golden" / g.set_name_for(host_info())
+    if args.out_dir.name == g.FOREIGN_SET:
+        raise SystemExit(f"{args.out_dir} is the foreign-host set, kept unchanged (issue 12): write another set")
     if args.openpi_src is None or not (args.openpi_src / "src" / "openpi").is_dir():
         raise SystemExit("pass --openpi-src PATH (an OpenPI checkout with src/openpi), e.g. make goldens OPENPI_SRC=...")
     return main_project(args)

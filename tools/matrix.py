@@ -52,7 +52,7 @@ EARLY = ("img/", "prefix/embeds", "llm/kv00/")
 COS_EPS = 1e-12  # float64 cosine of identical arrays can come out 1 - 1e-16
 PRECISION = {"float32": "float32", "bfloat16": "bf16"}  # runtime dtype -> JAX stack precision
 CASE_STAMP = "case.json"
-GOLDEN_DIR = ROOT / "tests" / "golden"
+GOLDEN_DIR = ROOT / "tests" / "golden" / "foreign-host"  # the set the matrix and the canary compare against
 CAMERA_MAP = "base_0_rgb=top,left_wrist_0_rgb=wrist"  # the goldens' droid cameras (as tests/_parity_cases.py)
 
 

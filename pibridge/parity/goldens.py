@@ -3,7 +3,9 @@
 
 Per variant (tiny-pi05 with profile pi05_droid, tiny-pi0 with pi0_droid) one deterministic synthetic checkpoint
 (synth formula, seed 0, sharp attention + outlier channels) and one observation: batch 2, a long and a short
-prompt, sample 1's left-wrist camera masked, non-square images. Files in the golden directory:
+prompt, sample 1's left-wrist camera masked, non-square images. Goldens live in sets, one directory per host they were made on (tests/golden/<set>/; `foreign-host/` is the set
+made at 07f4a86 before hosts were recorded, kept unchanged as the one real cross-host difference on record); each
+set is checked under pibridge/parity/golden_rules.py. Files in a set:
   inputs-<variant>.safetensors   the model inputs after OpenPI's preprocessing (images as the resized uint8
                                  (B, C, 224, 224, 3); float = uint8 / 255 * 2 - 1, openpi model.py:115-118),
                                  masks, normalized state, tokens, the noise (B, A, 32); metadata: the observation
@@ -12,7 +14,8 @@ prompt, sample 1's left-wrist camera masked, non-square images. Files in the gol
   fingerprint is recorded and checked.)
   <variant>-<precision>.safetensors  the trace (parity/trace.py) without `input/image` (it is in the inputs
                                  file); metadata: OpenPI commit, OpenPI-vs-ours actions max-abs, checkpoint and
-                                 observation fingerprints, synth arguments, jax / flax versions.
+                                 observation fingerprints, synth arguments, jax / flax versions, and the host
+                                 (parity/hostinfo.py; a set made before that carries a host.json instead).
 Axis legend: B batch, C cameras, L tokens, A action horizon.
 Numpy + safetensors only at import time (the OpenPI scratch venv imports this module).
 """
@@ -55,6 +58,39 @@ class GoldenSpec:
 
 SPECS = (GoldenSpec("tiny-pi05", "pi05_droid"), GoldenSpec("tiny-pi0", "pi0_droid"))
 PRECISIONS = ("float32", "bf16")
+
+
+FOREIGN_SET = "foreign-host"
+HOST_FILE = "host.json"  # a set's host when its traces predate host recording
+
+
+def golden_sets(root: Path) -> list[Path]:
+    """The set directories under `root` that hold golden traces, sorted."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("*-float32.safetensors")))
+
+
+def set_name_for(host: dict) -> str:
+    """A set name from the host: cpu vendor + widest vector ISA, e.g. amd-epyc-avx512."""
+    import re
+
+    isa = next((f for f in ("amx_tile", "avx512f", "avx2", "avx", "sse4_2") if f in host.get("isa", [])), "generic")
+    cpu = re.sub(r"[^a-z0-9]+", "-", host.get("cpu", "cpu").lower()).strip("-")
+    cpu = "-".join(w for w in cpu.split("-") if w not in {"r", "tm", "cpu", "processor"})[:40].strip("-")
+    return f"{cpu}-{isa.replace('_tile', '').replace('avx512f', 'avx512')}"
+
+
+def set_host(set_dir: Path, trace) -> dict:
+    """The host a golden was made on: its own metadata, else the set's host.json."""
+    import json
+
+    if trace.meta.get("host"):
+        return trace.meta["host"]
+    f = set_dir / HOST_FILE
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def case_name(spec: "GoldenSpec", precision: str) -> str:
+    return spec.trace_name(precision).removesuffix(".safetensors")
 
 
 def spec_for(variant: str) -> GoldenSpec:
@@ -121,11 +157,14 @@ def trace_meta(spec: GoldenSpec, precision: str, *, synth, obs_fingerprint: str,
     import flax
     import jax
 
+    from pibridge.parity.hostinfo import host_info
+
     return {"stack": "jax", "precision": precision, "golden": True, "num_steps": NUM_STEPS,
             "openpi_commit": openpi_commit, "openpi_actions_max_abs": openpi_max_abs,
             "openpi_actions_cosine": openpi_cosine, "checkpoint_fingerprint": synth.fingerprint,
             "observation_fingerprint": obs_fingerprint, "synth": asdict(spec), "profile": spec.profile,
-            "dropped_stages": list(DROPPED_STAGES), "versions": {"jax": jax.__version__, "flax": flax.__version__}}
+            "dropped_stages": list(DROPPED_STAGES), "versions": {"jax": jax.__version__, "flax": flax.__version__},
+            "host": host_info()}
 
 
 def jax_golden_stages(params, variant, inputs, noise, precision: str):
