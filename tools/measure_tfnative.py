@@ -135,6 +135,27 @@ def prompt_variants(obs, inputs, model: str, state_bins: np.ndarray) -> dict:
     return {k: replace(inputs, tokens=v[0], token_mask=v[1]) for k, v in out.items()}
 
 
+def pi05_prompts(obs, state_bins) -> list[str]:
+    """OpenPI's pi05 prompt with the state (tokenizer.py:23-28)."""
+    clean = [p.strip().replace("_", " ").replace("\n", " ") for p in obs.prompts]
+    return [f"Task: {c}, State: {' '.join(map(str, b))};\nAction: " for c, b in zip(clean, state_bins)]
+
+
+def bin_flip(d: Path, prov, inputs, obs, state, base) -> dict:
+    """What one state bin moved by one (a value crossing an edge by the epsilon difference) does to pi05."""
+    L = inputs.tokens.shape[1]
+    b = bins(state)
+    ids, _ = tokens_for(pi05_prompts(obs, b), L, pi0_split=False)
+    assert (ids == inputs.tokens).all(), "re-tokenized OpenPI prompt differs from the inputs file"
+    edges = np.linspace(-1, 1, 257)[:-1]
+    i, j = np.unravel_index(np.abs(state[..., None] - edges).min(-1).argmin(), state.shape)  # nearest an edge
+    flipped = b.copy()
+    flipped[i, j] += 1 if state[i, j] >= edges[b[i, j]] + 1 / 256 else -1
+    ids, mask = tokens_for(pi05_prompts(obs, flipped), L, pi0_split=False)
+    x = replace(inputs, tokens=ids, token_mask=mask)
+    return {f"one state bin moved by one (sample {i}, dim {j}) vs native": summary(base, run(d, prov, x, obs))}
+
+
 def run(d: Path, prov, inputs, obs, *, attn=None, cameras="mask", times=False):
     from pibridge.parity.stages import StageRecorder
     from pibridge.parity.trace import Trace
@@ -198,6 +219,7 @@ def measure(d: Path) -> dict:
     if model == "pi05":
         edges = np.linspace(-1, 1, 257)[:-1]
         res["state_normalization"]["min_distance_to_bin_edge"] = float(np.abs(ours[..., None] - edges).min())
+        V.update(bin_flip(d, prov, inputs, obs, ours, base))
     else:
         x = replace(inputs, state=np.pad(theirs, ((0, 0), (0, inputs.state.shape[1] - n))).astype(np.float32))
         V["state normalized by the processor (std+1e-8)"] = summary(jax, run(d, prov, x, obs))
