@@ -135,6 +135,24 @@ def test_dropped_tensor_exits_2_naming_it(work):
     assert not (c["dir"] / "never.safetensors").exists()
 
 
+@pytest.mark.slow  # ~15 s: the 5.5.4 venv
+def test_transformers_55_native_pi0_cannot_load_lerobot_files(work):
+    """5.5.4's native PI0 maps no key of a LeRobot-layout file (its conversion mapping lacks the PrefixChange for
+    the `model.` prefix) and only warns; the stack refuses it, saying so."""
+    from pibridge.convert.convert import ConvertRequest, convert
+    from pibridge.errors import PibridgeError
+
+    _tf_python("5.5.4")
+    c = case(work, "pi0")
+    out = work / "pi0-out-554"
+    with contextlib.redirect_stdout(io.StringIO()):
+        convert(ConvertRequest(ckpt=c["ck"], out=out, profile="pi0_droid", tokenizer=TOKENIZER, allow_tiny=True,
+                               camera_map="base_0_rgb=top,left_wrist_0_rgb=wrist", transformers_version="5.5.4"))
+    with pytest.raises(PibridgeError) as e:
+        capture_tf(c, out, "never.safetensors")
+    assert "transformers itself reported 99 missing" in str(e.value) and "PrefixChange" in e.value.fix, str(e.value)
+
+
 def test_pi0_dropped_tensor_is_refused(work):
     from pibridge.errors import PibridgeError
 

@@ -165,14 +165,22 @@ def load_native(out_dir: Path, prov: dict, *, steps: int, attn: str | None):
     check = verify_native_load(model, Path(out_dir) / "model.safetensors", info)
     if not check.ok:
         first = (check.missing + check.unexpected + check.wrong_shape + check.wrong_value)[:4]
-        tf = md.version("transformers")
+        tf, rep = md.version("transformers"), check.reported
+        own = (f"transformers itself reported {len(rep['missing_keys'])} missing / {len(rep['unexpected_keys'])} "
+               f"unexpected / {len(rep['mismatched_keys'])} mismatched keys (first missing: "
+               f"{rep['missing_keys'][:2]})")
+        target = prov.get("target", {}).get("transformers_version")
+        fix = (f"convert for this transformers release: pibridge convert --transformers-version {tf} ..."
+               if target != tf else
+               f"OUT already has transformers {tf}'s key layout, so this release's loader does not map it (5.5.x "
+               "lacks the PrefixChange for LeRobot's `model.` prefix that 5.24.0 has): use a release whose native "
+               "model loads LeRobot files (5.24.0 for pi0, 5.25.0 for pi05) and convert for it")
         raise PibridgeError(
             f"transformers {tf} {CLASSES[prov['model']]} did not load {out_dir} completely: {len(check.missing)} "
             f"missing, {len(check.unexpected)} unexpected, {len(check.wrong_shape)} wrong shape, "
-            f"{len(check.wrong_value)} not equal to the file (first: {first}); transformers reported {check.reported}",
+            f"{len(check.wrong_value)} not equal to the file (first: {first}); {own}",
             "every tensor of model.safetensors in the model's state dict under transformers' conversion mapping, "
-            "equal in value, and no parameter left to random initialisation",
-            f"convert for this transformers release: pibridge convert --transformers-version {tf} ...")
+            "equal in value, and no parameter left to random initialisation", fix)
     return model, check
 
 
