@@ -218,9 +218,9 @@ class NativeRecorder:
     """Forward hooks (and one instance-level wrapper of embed_prefix, to read its result) on a loaded native model;
     `remove()` undoes them. Denoising stages are buffered so `suffix/time` precedes them, as in the stage order."""
 
-    def __init__(self, model, recorder: StageRecorder, image_mask: np.ndarray, prefix: bool):
+    def __init__(self, model, recorder: StageRecorder, image_mask: np.ndarray, prefix: bool, tokens_per_image: int):
         self.m, self.rec, self.t = model, recorder, time.perf_counter()
-        self.image_mask, self.prefix = image_mask, prefix
+        self.image_mask, self.prefix, self.n_img = image_mask, prefix, tokens_per_image
         self.step = -1  # -1: before the first denoising forward
         self.hooks, self.pending, self.times, self.steps = [], {}, [], []
         self.attention_mask = None
@@ -244,7 +244,7 @@ class NativeRecorder:
         for li, layer in enumerate(sig.encoder.layers):
             self._hook(layer, lambda m, i, o, li=li: self.put(st.img_block(li), _np(_first(o)), vit_valid))
         self._hook(sig.post_layernorm, lambda m, i, o: self.put(st.IMG_OUT, _np(o), vit_valid))
-        tok_valid = np.repeat(self.image_mask, 256, axis=1)[:, :, None]
+        tok_valid = np.repeat(self.image_mask, self.n_img, axis=1)[:, :, None]
 
         def projector(m, i, o):
             x = _np(o)
@@ -299,8 +299,10 @@ def run_native(model, prov: dict, inputs, noise: np.ndarray, *, steps: int, came
     if cameras not in CAMERA_MODES:
         raise PibridgeError(f"cameras {cameras!r}", f"one of {CAMERA_MODES}", "pass --cameras mask|drop")
     rec_inputs(recorder, inputs)
-    kw = native_inputs(inputs, model.config.vlm_config.image_token_id, 256, cameras)
-    hooks = NativeRecorder(model, recorder, inputs.image_mask, prefix=cameras == "mask")
+    vision = model.config.vlm_config.vision_config
+    n_img = (vision.image_size // vision.patch_size) ** 2  # SigLIP patches = image tokens per camera (256 at 224/14)
+    kw = native_inputs(inputs, model.config.vlm_config.image_token_id, n_img, cameras)
+    hooks = NativeRecorder(model, recorder, inputs.image_mask, prefix=cameras == "mask", tokens_per_image=n_img)
     hooks.attention_mask = kw["attention_mask"].numpy()
     if prov["model"] == "pi0":
         kw["state"] = torch.from_numpy(inputs.state)
@@ -367,7 +369,8 @@ def capture_native(out_dir: Path, obs_path: Path, trace_path: Path, *, shared_in
     meta = {"stack": "transformers", "precision": "float32", "runtime_dtype": "float32",
             "packages": {p: md.version(p) for p in ("transformers", "torch", "safetensors")},
             "model_class": CLASSES[prov["model"]], "attn_implementation": model.config._attn_implementation,
-            "cameras": cameras, "inputs": kind, "not_comparable": not_comparable,
+            "cameras": cameras, "inputs": kind, "not_comparable": not_comparable, "fixes_applied": {},
+            "notes": ["transformers' own model as shipped: pibridge's runtime fixes are not applied"],
             "load": {"keys": check.keys, "unused_by_design": list(check.unused), "transformers_reported": check.reported},
             "checkpoint": {"path": str(out_dir), "fingerprint": prov["source"]["fingerprint"],
                            "variant": prov["variant"], "target": prov.get("target")},
