@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "data" / "test_spm.model"
 STEPS = 3
 CASES = {"pi05": "5.25.0", "pi0": "5.24.0"}  # model -> the transformers release OUT is converted for
-# Measured here (float32, sdpa, 3 steps): worst model-stage cosine 0.9999999 (pi05) / 0.9999996 (pi0), actions
-# max-abs 6e-5 / 2e-4; the margins below are ~10x those, the planted defect is 1000x past them.
+# Measured here (float32, sdpa, 3 steps): worst model-stage 1 - cosine 4.7e-9 (pi05) / 2.6e-9 (pi0), actions max-abs
+# 3.5e-4 / 1.7e-4. The limits leave >1000x / ~6x of room (host spread: issue 12); the planted norm defect reaches
+# 1 - cosine 1.4e-3 at llm/kv01/k (140x past MIN_COSINE) and actions max-abs 1.0.
 MIN_COSINE = 0.99999
 ACTIONS_MAX_ABS = 2e-3
 
