@@ -145,6 +145,7 @@ class Stack(str, Enum):
     jax = "jax"
     torch = "torch"
     lerobot = "lerobot"
+    transformers = "transformers"  # transformers' own PI0 / PI05 models (parity/transformers_stack.py)
 
 
 class Precision(str, Enum):

@@ -10,7 +10,7 @@ import sys
 import pibridge.convert
 import pibridge.parity
 
-TORCH_SIDE = ("torch_stack", "lerobot", "runtime_fixes")  # parity modules allowed to import torch
+TORCH_SIDE = ("torch_stack", "lerobot", "runtime_fixes", "transformers_")  # parity modules allowed to import torch
 HEAVY = ("jax", "flax", "orbax", "torch", "transformers", "tensorstore")
 
 

@@ -30,6 +30,7 @@ STACKS: dict[str, str] = {
     "jax": "pibridge.parity.jax_capture:capture_jax",
     "torch": "pibridge.parity.torch_capture:capture_torch",
     "lerobot": "pibridge.parity.lerobot_capture:capture_lerobot_stack",  # run it with a LeRobot env's interpreter
+    "transformers": "pibridge.parity.transformers_capture:capture_transformers",  # transformers' own PI0 / PI05
 }
 PRECISIONS = ("float32", "bf16")
 RESIZES = ("openpi", "lerobot")
@@ -69,7 +70,7 @@ def register_stack(name: str, target: str) -> None:
 
 def _check(req: CaptureRequest) -> None:
     if req.stack not in STACKS:
-        raise PibridgeError(f"stack {req.stack!r}", f"one of {', '.join(STACKS)}", "pass --stack jax|torch|lerobot")
+        raise PibridgeError(f"stack {req.stack!r}", f"one of {', '.join(STACKS)}", f"pass --stack {'|'.join(STACKS)}")
     if req.precision not in PRECISIONS:
         raise PibridgeError(f"precision {req.precision!r}", "float32 or bf16", "pass --precision float32|bf16")
     if req.resize not in RESIZES:
