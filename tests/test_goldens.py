@@ -151,3 +151,16 @@ def test_torch_stack_matches_golden_within_tolerances(case, made):
     bad = [(r.name, r.metrics and (r.metrics.cosine, r.metrics.max_abs)) for r in result.results if r.failed]
     assert result.passed, bad
     assert len(result.results) == len(_golden(spec, precision, set_dir).order)
+
+
+def test_new_goldens_record_their_host_and_land_in_their_hosts_set():
+    from pibridge.parity.hostinfo import host_info
+
+    synth = type("S", (), {"fingerprint": "f"})()
+    meta = g.trace_meta(g.SPECS[0], "float32", synth=synth, obs_fingerprint="o", openpi_commit=g.OPENPI_COMMIT,
+                        openpi_max_abs=0.0, openpi_cosine=1.0)
+    host = meta["host"]
+    assert host == host_info() and host["cpu"] and host["versions"]["jax"] == meta["versions"]["jax"]
+    assert g.set_name_for(host) != g.FOREIGN_SET and g.set_name_for({"cpu": "Intel(R) Xeon(R) Platinum 8488C",
+                                                                    "isa": ["avx2", "avx512f", "amx_tile"]}) \
+        == "intel-xeon-platinum-8488c-amx"
