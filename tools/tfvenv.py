@@ -85,6 +85,15 @@ def _requirement_name(req: str) -> str:
     return Requirement(req).name.lower()
 
 
+def check_missing(py: str, spec: dict) -> None:
+    """After a no-deps install: `pip check` must report exactly spec["missing"] unmet for transformers."""
+    check = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True).stdout
+    unmet, want = unmet_requirements(check), sorted(map(_requirement_name, spec["missing"]))
+    if unmet != want:
+        raise RuntimeError(f"{py}: pip check reports {unmet or 'nothing'} unmet for transformers, the install "
+                           f"entry declares {want} missing:\n{check}")
+
+
 def ensure_venv(version: str, python: str = "python3.11", log=print) -> dict:
     """Create (once) .venvs/tf-<version> with transformers==<version>; return the stamp {versions, seconds}."""
     venv = venv_dir(version)
@@ -103,11 +112,7 @@ def ensure_venv(version: str, python: str = "python3.11", log=print) -> dict:
     for args in plan:
         subprocess.run(pip + args, check=True)
     if spec and spec.get("no_deps"):  # before the .pth: pip check sees this venv only
-        check = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True).stdout
-        unmet, want = unmet_requirements(check), sorted(map(_requirement_name, spec["missing"]))
-        if unmet != want:
-            raise RuntimeError(f"{venv}: pip check reports {unmet or 'nothing'} unmet for transformers, the "
-                               f"install entry declares {want} missing:\n{check}")
+        check_missing(py, spec)
     site = _site_packages(venv)
     (site / PTH).write_text(f"import site; site.addsitedir({str(project_site_packages())!r})\n")
     info = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", CHECK], check=True,
