@@ -86,3 +86,27 @@ def test_pip_check_must_report_exactly_the_declared_missing_requirement():
                                      "kernels 0.17.2.\n") == ["kernels"]
     assert tfvenv.unmet_requirements("No broken requirements found.\n") == []
     assert tfvenv.unmet_requirements("tokenizers 0.23.3 requires huggingface-hub, which is not installed.\n") == []
+
+
+def test_same_host_rows_name_the_first_stage_a_release_moves(tmp_path):
+    import numpy as np
+
+    from pibridge.parity.stages import StageRecorder
+    from pibridge.parity.trace import write_trace
+
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 12)
+    for d, jax_version, bump in (("pinned", "0.10.2", 0.0), ("newest", "0.12.0.1", 1e-3)):
+        (tmp_path / d).mkdir()
+        for precision, b in (("float32", bump), ("bf16", 0.0)):
+            rec = StageRecorder()
+            rec.record("input/state", x)
+            rec.record("img/embed", x + b)
+            rec.record("actions", x + 2 * b)
+            write_trace(tmp_path / d / f"tiny-pi05-{precision}.safetensors", rec,
+                        {"stack": "jax", "precision": precision, "jax": jax_version})
+    rows = {r["precision"]: r for r in canary.same_host(tmp_path / "pinned", tmp_path / "newest")}
+    moved, same = rows["float32"], rows["bf16"]
+    assert moved["variant"] == "tiny-pi05" and moved["jax"] == ["0.10.2", "0.12.0.1"]
+    assert (moved["bit_equal"], moved["stages"], moved["first_differing"]) == (1, 3, "img/embed")
+    assert moved["largest"][0] == "actions" and abs(moved["actions_max_abs"] - 2e-3) < 1e-6
+    assert (same["bit_equal"], same["first_differing"], same["actions_max_abs"]) == (3, None, 0.0)

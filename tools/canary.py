@@ -13,7 +13,10 @@ each run:
    ~3 GB CUDA build): the project venv's CPU torch (3.11) or the shared .venvs/_torch (3.12, as
    tools/lerobot_env.sh) through a .pth, unless --newest-torch;
 4. checks: the JAX stack on the installed jax / flax reproduces the goldens (the matrix's golden cases, judged by
-   matrix.judge) and the torch stack on the installed transformers matches them (fixes on, float32 and bf16).
+   matrix.judge) and the torch stack on the installed transformers matches them (fixes on, float32 and bf16);
+5. same host, newest vs pinned: the JAX-stack traces of the canary venv against those of the project venv's jax on
+   this machine (stages bit-equal, the first that differs, the largest error): a release that moves a number shows
+   here even where a tolerance passes it, and a host difference cannot (both run here).
 Writes bench/results/canary.json and canary.md (one section per Python; a one-Python run keeps the other's
 section); exits 1 when a check fails or cannot run.
 """
@@ -289,13 +292,15 @@ def installed(py: Path) -> dict[str, dict]:
 
 # --- checks (inside the canary venv) ---------------------------------------------------------------------------
 
-def check_jax(cases: dict[str, Path]) -> list[dict]:
-    """The JAX stack on the installed jax against the stored reference traces."""
+def check_jax(cases: dict[str, Path], traces: Path | None = None) -> list[dict]:
+    """The JAX stack on the installed jax against the stored reference traces (its traces kept in `traces`)."""
+    import jax
+
     import matrix
     from pibridge.parity.jax_stack import run_policy
     from pibridge.parity.jax_stack.params import nest
     from pibridge.parity.stages import StageRecorder
-    from pibridge.parity.trace import Trace
+    from pibridge.parity.trace import Trace, write_trace
 
     rows = []
     for name, case in cases.items():
@@ -311,6 +316,10 @@ def check_jax(cases: dict[str, Path]) -> list[dict]:
             rec = StageRecorder()
             run_policy(params, variant, inputs, noise, precision=precision, num_steps=num_steps, record=rec)
             res = matrix.judge(refs[precision], Trace({s.name: s for s in rec}, {"precision": precision}), dtype)
+            if traces is not None:
+                traces.mkdir(parents=True, exist_ok=True)
+                write_trace(traces / f"{name}-{precision}.safetensors", rec,
+                            {"stack": "jax", "precision": precision, "jax": jax.__version__})
             rows.append({"check": "jax vs reference", "variant": name, "dtype": dtype, **res})
     return rows
 
@@ -323,14 +332,37 @@ def check_torch(cases: dict[str, Path]) -> list[dict]:
     return [{"check": "torch (fixes on) vs reference", **r} for r in matrix.worker(jobs)]
 
 
-def inner(refs: Path) -> None:
+def same_host(pinned: Path, newest: Path) -> list[dict]:
+    """Per trace in both dirs: the newest jax's stages against the pinned jax's, on this machine (information)."""
+    from pibridge.parity.compare import stage_metrics
+    from pibridge.parity.trace import read_trace
+
+    rows = []
+    for f in sorted(pinned.glob("*.safetensors")):
+        if not (newest / f.name).is_file():
+            continue
+        a, b = read_trace(f), read_trace(newest / f.name)
+        ms = {n: stage_metrics(a.stages[n], b.stages[n]) for n in a.order if n in b.stages}
+        ms = {n: m for n, m in ms.items() if not isinstance(m, str)}
+        largest = max(ms, key=lambda n: ms[n].max_abs)
+        rows.append({"variant": f.stem.rsplit("-", 1)[0], "precision": a.meta["precision"],
+                     "jax": [a.meta.get("jax"), b.meta.get("jax")], "stages": len(ms),
+                     "bit_equal": sum(m.max_abs == 0 for m in ms.values()),
+                     "first_differing": next((n for n, m in ms.items() if m.max_abs > 0), None),
+                     "largest": [largest, ms[largest].max_abs, ms[largest].rel_l2],
+                     "min_cosine": min(m.cosine for m in ms.values()), "actions_max_abs": ms["actions"].max_abs})
+    return rows
+
+
+def inner(refs: Path, traces: Path | None = None) -> None:
     """Runs inside the canary venv; prints the rows as JSON (a stack that cannot import gives an error row)."""
     os.environ["PIBRIDGE_ALLOW_UNSUPPORTED_TRANSFORMERS"] = "1"
     import matrix
 
     cases = matrix.ensure_cases(refs, VARIANTS)
     rows = []
-    for name, check in (("jax vs reference", check_jax), ("torch (fixes on) vs reference", check_torch)):
+    for name, check in (("jax vs reference", lambda c: check_jax(c, traces)),
+                        ("torch (fixes on) vs reference", check_torch)):
         try:
             rows += check(cases)
         except ImportError as err:
@@ -340,7 +372,7 @@ def inner(refs: Path) -> None:
 
 # --- one Python, the report -----------------------------------------------------------------------------------
 
-def run_python(version: str, refs: Path, newest_torch: bool, log=print) -> dict:
+def run_python(version: str, refs: Path, newest_torch: bool, pinned: Path, log=print) -> dict:
     t0 = time.perf_counter()
     base = find_python(version)
     venv = venv_dir(version)
@@ -354,8 +386,9 @@ def run_python(version: str, refs: Path, newest_torch: bool, log=print) -> dict:
     inst = installed(py)
     pib = subprocess.run([str(py), "-c", "import pibridge; print(pibridge.__file__)"], capture_output=True,
                          text=True).stdout.strip()
-    proc = subprocess.run([str(py), str(Path(__file__)), "--inner", str(refs)], capture_output=True, text=True,
-                          cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    traces = venv / "jax-traces"
+    proc = subprocess.run([str(py), str(Path(__file__)), "--inner", str(refs), "--traces", str(traces)],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     rows = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
     from pibridge.parity.torch_stack import compat
 
@@ -365,7 +398,8 @@ def run_python(version: str, refs: Path, newest_torch: bool, log=print) -> dict:
     ).stdout.strip(), "packages": {p: {**status[p], "installed": inst.get(p), "route": routes.get(p)} for p in PACKAGES},
         "pibridge": pib, "supported": compat.supported_range()["specifier"],
         "transformers_in_supported_range": bool(tf) and compat.is_supported(tf),
-        "rows": rows, "error": None if proc.returncode == 0 else proc.stderr[-3000:],
+        "rows": rows, "same_host": same_host(pinned, traces) if traces.is_dir() else [],
+        "error": None if proc.returncode == 0 else proc.stderr[-3000:],
         "wall_s": round(time.perf_counter() - t0, 1)}
     res["pass"] = proc.returncode == 0 and bool(rows) and all(r["pass"] for r in rows)
     return res
@@ -404,6 +438,15 @@ def section(version: str, r: dict) -> list[str]:
         lines.append(f"| {row['check']} | {row['variant']} | {row['dtype']} | {row['worst_stage']} "
                      f"{row['worst_cosine']:.7f} | {row['actions_cosine']:.7f} / {row['actions_max_abs']:.2e} | "
                      f"{'PASS' if row['pass'] else 'FAIL'} |")
+    if r.get("same_host"):
+        lines += ["", "Same host: the JAX stack on this venv's jax against the project venv's pinned jax, same machine "
+                  "(information: any number a release moves shows here, whatever the tolerance says).", "",
+                  "| variant | precision | jax pinned -> here | stages bit-equal | first differing | largest max-abs "
+                  "(rel-L2) | min cosine | actions max-abs |", "|---|---|---|---|---|---|---|---|"]
+        for h in r["same_host"]:
+            lines.append(f"| {h['variant']} | {h['precision']} | {h['jax'][0]} -> {h['jax'][1]} | {h['bit_equal']}/"
+                         f"{h['stages']} | {h['first_differing'] or '-'} | {h['largest'][0]} {h['largest'][1]:.3e} "
+                         f"({h['largest'][2]:.2e}) | {h['min_cosine']:.7f} | {h['actions_max_abs']:.3e} |")
     if r.get("error"):
         lines += ["", "checks did not run:", "", "    " + r["error"].strip().replace("\n", "\n    ")]
     return lines + [""]
@@ -423,6 +466,7 @@ def markdown(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inner", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--traces", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--python", nargs="*", choices=sorted(PYTHONS), default=sorted(PYTHONS),
                     help="the Pythons to run (default: all)")
     ap.add_argument("--refs", type=Path, default=ROOT / ".venvs/matrix-refs")
@@ -430,16 +474,21 @@ def main(argv=None) -> int:
     ap.add_argument("--newest-torch", action="store_true", help="install the newest installable torch (CUDA, ~3 GB)")
     args = ap.parse_args(argv)
     if args.inner:
-        inner(args.inner)
+        inner(args.inner, args.traces)
         return 0
     import matrix
 
-    matrix.ensure_cases(args.refs, VARIANTS)  # reference traces from the project venv (cached)
+    cases = matrix.ensure_cases(args.refs, VARIANTS)  # reference traces from the project venv (cached)
+    from tfvenv import VENVS
+
+    pinned = VENVS / "canary-pinned-jax"  # the project venv's jax on this machine, for the same-host rows
+    shutil.rmtree(pinned, ignore_errors=True)
+    check_jax(cases, pinned)
     path = args.out / "canary.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     result = {"pythons": dict(old.get("pythons", {}))}
     for v in args.python:
-        result["pythons"][v] = run_python(v, args.refs, args.newest_torch)
+        result["pythons"][v] = run_python(v, args.refs, args.newest_torch, pinned)
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     (args.out / "canary.md").write_text(markdown(result))
