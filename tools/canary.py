@@ -230,6 +230,12 @@ def torch_pth(version: str) -> tuple[str | None, str]:
     return None, f"{shared} is missing (tools/lerobot_env.sh / make lerobot-env builds it)"
 
 
+def _newest_label(s: dict) -> str:
+    if s["newest_for_this_python"] == s["newest_released"]:
+        return "newest"
+    return "newest for this Python / machine (newer: last column)"
+
+
 def build(version: str, status: dict[str, dict], newest_torch: bool, log=print) -> dict:
     """Install what `status` allows; -> {package: route} (how each package under test got there)."""
     import tfvenv
@@ -242,7 +248,7 @@ def build(version: str, status: dict[str, dict], newest_torch: bool, log=print) 
         s = status[pkg]
         if s["installable"]:
             pins.append(f"{pkg}=={s['newest_for_this_python']}")
-            routes[pkg] = "newest"
+            routes[pkg] = _newest_label(s)
         else:
             pins.append(pkg)
             routes[pkg] = "NOT the newest: the newest installable (see not installable)"
@@ -252,13 +258,13 @@ def build(version: str, status: dict[str, dict], newest_torch: bool, log=print) 
     spec = tfvenv.install_spec(newest)
     if tf["installable"]:
         subprocess.run(pip + [f"transformers=={newest}"], check=True)
-        routes["transformers"] = "newest"
+        routes["transformers"] = _newest_label(tf)
     elif spec and spec.get("no_deps"):
         for args in tfvenv.install_plan(newest, spec):
             subprocess.run(pip + args, check=True)
         tfvenv.check_missing(str(py), spec)  # before the torch .pth: only this venv
-        routes["transformers"] = (f"newest, by its matrix row's no-deps plan (left out: {', '.join(spec['missing'])}; "
-                                  "configs/transformers_support.json)")
+        routes["transformers"] = (f"{_newest_label(tf)}, by its matrix row's no-deps plan (left out: "
+                                  f"{', '.join(spec['missing'])}; configs/transformers_support.json)")
     else:
         subprocess.run(pip + ["transformers"], check=True)
         routes["transformers"] = ("NOT the newest: the newest installable (the newest has no no-deps plan in "
