@@ -18,7 +18,7 @@ help:
 	@echo "make goldens  OPENPI_SRC=path/to/openpi: regenerate goldens, validated against OpenPI's own model code"
 	@echo "make bench    full-size benchmarks (minutes, ~30 GB disk at peak)"
 	@echo "make matrix   torch stack vs goldens on every supported transformers release (own small venvs)"
-	@echo "make canary   newest jax / flax / orbax / transformers vs the goldens (early warning, not in the gate)"
+	@echo "make canary   newest jax / flax / orbax / transformers vs the goldens, Python 3.11 and 3.12 (early warning)"
 
 $(BIN)/pibridge: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,8 +46,9 @@ test-all: setup
 matrix: setup
 	$(BIN)/python tools/matrix.py
 
+# CANARY_PY=3.12 runs one Python; the 3.12 torch check reuses .venvs/_torch (make lerobot-env)
 canary: setup
-	$(BIN)/python tools/canary.py
+	$(BIN)/python tools/canary.py $(if $(CANARY_PY),--python $(CANARY_PY))
 
 demo: setup
 	rm -rf demo-out && mkdir -p demo-out

@@ -13,17 +13,17 @@ from pibridge.errors import PibridgeError
 from pibridge.parity.torch_stack import compat
 
 
-@pytest.mark.parametrize("version", ["4.52.4", "4.51.3", "5.25.0", "5.25.0.dev0", "6.0.0", "not-a-version"])
+@pytest.mark.parametrize("version", ["4.52.4", "4.51.3", "5.26.0", "5.26.0.dev0", "6.0.0", "not-a-version"])
 def test_unsupported_release_names_the_range(version):
     with pytest.raises(PibridgeError) as err:
         compat.check_supported(version)
     text = err.value.render()
     assert f"transformers {version}" in text
-    assert "4.53 through 5.24.x" in text and ">=4.53,<5.25" in text
+    assert "4.53 through 5.25.x" in text and ">=4.53,<5.26" in text
     assert "pip install" in text
 
 
-@pytest.mark.parametrize("version", ["4.53.0", "4.53.3", "4.57.6", "5.3.0", "5.5.4", "5.24.0", "5.24.1"])
+@pytest.mark.parametrize("version", ["4.53.0", "4.53.3", "4.57.6", "5.3.0", "5.5.4", "5.24.0", "5.25.0", "5.25.1"])
 def test_supported_releases_pass(version):
     assert compat.check_supported(version) == version
 
@@ -44,7 +44,7 @@ def test_support_config_is_consistent():
     assert Version(raw["supported"]["newest_on_registry"]) in spec
     assert all(Version(v) in spec for v in RELEASES)
     assert set(GATE) <= set(RELEASES)
-    assert any(v.startswith("4.") for v in GATE) and {"5.3.0", "5.24.0"} <= set(GATE)
+    assert any(v.startswith("4.") for v in GATE) and {"5.3.0", max(RELEASES, key=Version)} <= set(GATE)
     assert any(v.startswith("5.5.") for v in GATE)
 
 
@@ -101,5 +101,19 @@ def test_load_policy_refuses_an_unsupported_release(monkeypatch, tmp_path):
     from pibridge.parity.torch_stack import model
 
     monkeypatch.setattr(compat, "transformers_version", lambda: "4.52.4")
-    with pytest.raises(PibridgeError, match="4.53 through 5.24.x"):
+    with pytest.raises(PibridgeError, match="4.53 through 5.25.x"):
         model.load_policy(tmp_path, load_variant("tiny-pi05"), "float32")
+
+
+def test_merge_keeps_the_other_releases_rows_and_says_when_each_was_made():
+    old = {"meta": {"date": "d1", "releases": ["5.5.4", "5.24.0"], "venvs": {"5.5.4": 1.0, "5.24.0": 2.0}},
+           "results": [{"transformers": "5.5.4", "tag": "a"}, {"transformers": "5.24.0", "tag": "old"}]}
+    new = [{"transformers": "5.24.0", "tag": "new"}, {"transformers": "5.25.0", "tag": "b"}]
+    merged, meta = matrix.merge_results(old, new, {"date": "d2", "releases": ["5.24.0", "5.25.0"],
+                                                   "venvs": {"5.25.0": 3.0}}, ["5.5.4", "5.24.0", "5.25.0"])
+    assert [r["tag"] for r in merged] == ["a", "new", "b"]
+    assert meta["releases"] == ["5.5.4", "5.24.0", "5.25.0"]
+    assert meta["merged"] == {"5.5.4": "d1", "5.24.0": "d2", "5.25.0": "d2"}
+    assert meta["venvs"] == {"5.5.4": 1.0, "5.24.0": 2.0, "5.25.0": 3.0}
+    md = matrix.markdown([], {**meta, "rule": "r", "wall_s": 1, "variants": []})
+    assert "rows made: 5.5.4 d1, 5.24.0 d2, 5.25.0 d2" in md

@@ -376,9 +376,25 @@ def rows_from(results: list[dict]) -> list[dict]:
     return list(rows.values())
 
 
+def merge_results(old: dict, results: list[dict], meta: dict, order: list[str]) -> tuple[list[dict], dict]:
+    """Old results of the releases not run now + the new ones, in the support config's order; meta["merged"]
+    names when each release's rows were made."""
+    new = set(meta["releases"])
+    kept = [r for r in old["results"] if r["transformers"] not in new]
+    when = {**old["meta"].get("merged", {v: old["meta"]["date"] for v in old["meta"]["releases"]}),
+            **{v: meta["date"] for v in new}}
+    rank = {v: i for i, v in enumerate(order)}
+    merged = sorted(kept + results, key=lambda r: rank.get(r["transformers"], len(rank)))  # stable within a release
+    releases = sorted({r["transformers"] for r in merged}, key=lambda v: rank.get(v, len(rank)))
+    return merged, {**meta, "releases": releases, "venvs": {**old["meta"].get("venvs", {}), **meta["venvs"]},
+                    "merged": {v: when[v] for v in releases if v in when}}
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
+    merged = meta.get("merged")
+    runs = "; rows made: " + ", ".join(f"{v} {d}" for v, d in merged.items()) if merged else ""
     lines = [f"# transformers version matrix ({meta['date']})", "",
-             f"pass rule: {meta['rule']}; wall time {meta['wall_s']} s; venvs: {meta['venvs']}", "",
+             f"pass rule: {meta['rule']}; wall time {meta['wall_s']} s (this run){runs}; venvs: {meta['venvs']}", "",
              "| transformers | LeRobot (semantics) | dtype | fixes | fixes applied | worst stage (cosine) | "
              + " | ".join(f"{v} actions cos / max-abs" for v in meta["variants"]) + " | result | strict (first failing) |",
              "|" + "---|" * (8 + len(meta["variants"]))]
@@ -410,6 +426,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--no-golden", action="store_true", help="JAX-stack cases instead of tests/golden")
     ap.add_argument("--no-exact", action="store_true", help="skip the bf16 fixes+exact_fp32 rows")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other releases' rows of the existing OUT/matrix.json (with --releases: add one row)")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(Path(args.worker).read_text()))))
@@ -426,12 +444,12 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         results += run_release(v, jobs_for(plan.get(v, ["0.6.1"]), cases, not args.no_exact))
         print(f"transformers {v}: {time.perf_counter() - t1:.0f} s", file=sys.stderr)
-    rows = rows_from(results)
-    from pibridge.configs import CONFIG_DIR
-
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "wall_s": round(time.perf_counter() - t0, 1),
             "rule": ("configs/tolerances.json" if _tolerance_rules() is not None else "explicit thresholds")
             + f"; strict = {THRESHOLDS}", "venvs": venvs, "variants": args.variants, "releases": releases}
+    if args.merge and (args.out / "matrix.json").is_file():
+        results, meta = merge_results(json.loads((args.out / "matrix.json").read_text()), results, meta, list(plan))
+    rows = rows_from(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "matrix.json").write_text(json.dumps({"meta": meta, "rows": rows, "results": results}, indent=1))
     (args.out / "matrix.md").write_text(markdown(rows, meta))

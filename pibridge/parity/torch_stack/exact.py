@@ -2,7 +2,7 @@
 
 Every transformers release rounds two things to the activation dtype that OpenPI JAX keeps in fp32:
 - RoPE: the rotary module returns cos/sin cast to x.dtype and `apply_rotary_pos_emb` rotates in bf16
-  (transformers modeling_gemma GemmaRotaryEmbedding.forward / apply_rotary_pos_emb, 4.53 ... 5.24);
+  (transformers modeling_gemma GemmaRotaryEmbedding.forward / apply_rotary_pos_emb, 4.53 ... 5.25);
   OpenPI rotates in fp32 and rounds once (openpi gemma.py:424-440, `assert res.dtype == jnp.float32`).
 - Attention logits: eager attention computes `q @ k^T * scaling` in bf16 before the fp32 softmax;
   OpenPI scales q by head_dim**-0.5 after RoPE (gemma.py:203-204) and accumulates the logits in fp32
