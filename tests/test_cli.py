@@ -4,6 +4,7 @@ in one message, the dry-run audit on stdout, help without placeholders, the exit
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -153,3 +154,44 @@ def test_shell_completion(tmp_path):
     env.update(COMP_WORDS="pibridge par", COMP_CWORD="1")
     proc = subprocess.run([sys.executable, "-m", "pibridge.cli"], env=env, capture_output=True, text=True)
     assert proc.stdout.split() == ["parity"]
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def _record_a_run(progress, steps=3):
+    from pibridge.parity import stages as st
+    from pibridge.parity.stages import StageRecorder
+
+    rec = StageRecorder(on_record=progress.on_record)
+    progress.phase("load weights")
+    for name in ("img/embed", "llm/block00", "suffix/time", *(f"velocity/step{k:02d}" for k in range(steps))):
+        rec.record(name, [0.0])
+    rec.record(st.ACTIONS_UNNORMALIZED, [0.0])
+    progress.done()
+
+
+def test_progress_per_phase_on_a_terminal_quiet_otherwise(monkeypatch):
+    from pibridge.parity.progress import ENV, PREFIX, Progress
+
+    monkeypatch.delenv(ENV, raising=False)
+    quiet = _Stream(tty=False)
+    _record_a_run(Progress("jax", 3, quiet))
+    assert quiet.getvalue() == ""
+    tty = _Stream(tty=True)
+    _record_a_run(Progress("jax", 3, tty))
+    shown = [p.rsplit(" (", 1)[0] for p in tty.getvalue().replace("\x1b[2K", "").split("\r") if p]
+    assert shown == ["jax: load weights", "jax: vision tower and prefix (LLM)", "jax: denoise step 1/3",
+                     "jax: denoise step 2/3", "jax: denoise step 3/3", "jax: postprocess"]
+    monkeypatch.setenv(ENV, "1")  # what `parity run` asks of its capture subprocesses
+    relay = _Stream(tty=False)
+    _record_a_run(Progress("torch", 3, relay))
+    lines = relay.getvalue().splitlines()
+    assert lines[0] == PREFIX + "torch: load weights (0 s)" and all(x.startswith(PREFIX) for x in lines)
+    assert len(lines) == 6
