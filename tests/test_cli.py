@@ -195,3 +195,27 @@ def test_progress_per_phase_on_a_terminal_quiet_otherwise(monkeypatch):
     lines = relay.getvalue().splitlines()
     assert lines[0] == PREFIX + "torch: load weights (0 s)" and all(x.startswith(PREFIX) for x in lines)
     assert len(lines) == 6
+
+
+def test_every_stack_finds_outs_tokenizer(tmp_path):
+    """The jax capture defaults to OUT's tokenizer too (--profile OUT), as the torch and lerobot captures do."""
+    from pibridge.parity.capture import CaptureRequest, _defaults
+
+    out = tmp_path / "out"
+    (out / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "tokenizer.model").write_bytes(b"x")
+    want = out / "tokenizer" / "tokenizer.model"
+    assert _defaults(CaptureRequest("jax", tmp_path / "o", tmp_path / "t", profile=str(out))).tokenizer == want
+    assert _defaults(CaptureRequest("torch", tmp_path / "o", tmp_path / "t", lerobot=out)).tokenizer == want
+    assert _defaults(CaptureRequest("jax", tmp_path / "o", tmp_path / "t", profile="pi05_droid")).tokenizer is None
+    given = tmp_path / "mine.model"
+    assert _defaults(CaptureRequest("jax", tmp_path / "o", tmp_path / "t", profile=str(out),
+                                    tokenizer=given)).tokenizer == given
+
+
+def test_help_names_the_lerobot_path(capsys):
+    check = " ".join(_cli(capsys, "check", "--help")[1].split())
+    assert "LeRobot environment" in check and ".venvs/lr-0.6.1/bin/pibridge check OUT" in check
+    run = " ".join(_cli(capsys, "parity", "run", "--help")[1].split())
+    assert "--torch-stack [ours|lerobot]" in run and "PIBRIDGE_LEROBOT_PYTHON" in run
+    assert "is the conversion right?" in run  # which comparison answers which question

@@ -210,17 +210,23 @@ def _timing_chart(results: list[StageResult], label_a: str, label_b: str) -> str
         y = 30 + i * (2 * bar_h + 6)
         parts.append(f'<text x="230" y="{y + bar_h + 3}" text-anchor="end" class="a">{_E(name)}</text>')
         for j, (v, other, cls) in enumerate(((a, b, "bm"), (b, a, "bc"))):
-            text = "fused (timed in a neighbouring stage)" if v == 0 and other > 0 else f"{v:.3f}"
+            text = "fused (timed in a neighbouring stage)" if _fused(v, other) else f"{v:.3f}"
             parts.append(f'<rect x="236" y="{y + j * bar_h}" width="{max(v / peak * width, 1):.1f}" height="{bar_h - 1}" class="{cls}"/>'
                          f'<text x="{240 + v / peak * width:.1f}" y="{y + j * bar_h + bar_h - 1}" class="a">{text}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
+def _fused(v: float, other: float) -> bool:
+    """A stage one stack computes inside a neighbouring one: (almost) no time of its own where the other stack
+    spent time (under 2 ms and under 1/50 of the other's)."""
+    return other > 0 and v < 0.002 and v * 50 < other
+
+
 def fused_note(results: list[StageResult], label_a: str, label_b: str) -> str | None:
-    """One line naming the stages a stack does not time separately (0 s where the other stack took time)."""
-    fa = [r.name for r in results if (r.wall_a or 0) == 0 and (r.wall_b or 0) > 0]
-    fb = [r.name for r in results if (r.wall_b or 0) == 0 and (r.wall_a or 0) > 0]
+    """One line naming the stages a stack does not time separately."""
+    fa = [r.name for r in results if _fused(r.wall_a or 0.0, r.wall_b or 0.0)]
+    fb = [r.name for r in results if _fused(r.wall_b or 0.0, r.wall_a or 0.0)]
     parts = [f"{label} fuses {len(n)} stage(s) into neighbouring ones (no separate time: {', '.join(n[:4])}"
              f"{', ...' if len(n) > 4 else ''})" for label, n in ((label_a, fa), (label_b, fb)) if n]
     return "; ".join(parts) or None
@@ -282,9 +288,10 @@ def comparison_html(c: Comparison, *, title: str, label_a: str, label_b: str, no
             f"{m.cosine:.7f}", f"{m.max_abs:.3e}", f"{m.mean_abs:.3e}", f"{m.rel_l2:.3e}",
             _E(f"{list(m.worst_index)}: {m.worst_a:.6g} / {m.worst_b:.6g}")]
         cells.append("" if r.rule is None else f"{r.rule.max_abs:.1e} / {r.rule.min_cosine}")
-        cells.append(_E(r.note or (r.rule.why[:160] if r.rule and r.failed else "")))
+        cells.append(_E(r.note or (r.rule.why[:200] if r.rule and r.failed else "")))
         cls = ' class="first"' if first is not None and r.name == first.name else ""
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+        why = f' title="{_E(r.rule.why)}"' if r.rule and r.rule.why else ""  # the tolerance's why, on hover
+        rows.append(f"<tr{cls}>" + "".join(f"<td{why if i == 7 else ''}>{x}</td>" for i, x in enumerate(cells)) + "</tr>")
     act = actions_plot(actions[0], actions[1], label_a, label_b)
     body = (f"<p>A = {_E(label_a)}, B = {_E(label_b)}, precision {c.precision}</p>{verdict_html(verdict)}"
             f"<ul>{''.join(f'<li>{_E(n)}</li>' for n in notes)}</ul>{''.join(_table(*t) for t in tables)}"
@@ -292,7 +299,7 @@ def comparison_html(c: Comparison, *, title: str, label_a: str, label_b: str, no
             + f'<h2>error by stage against the tolerance</h2><div class="plots">{"".join(_stage_plots(c))}</div>'
             + f"<h2>timings</h2>{_timing_chart(c.results, label_a, label_b)}"
             "<h2>stages</h2><table><tr><th>stage</th><th>status</th><th>cosine</th><th>max-abs</th><th>mean-abs</th>"
-            "<th>rel-L2</th><th>worst index: A / B</th><th>tolerance (max-abs / cos)</th><th>note</th></tr>"
+            "<th>rel-L2</th><th>worst index: A / B</th><th>tolerance (max-abs / cos; hover: why)</th><th>note</th></tr>"
             f"{''.join(rows)}</table>{_glossary(GLOSSARY)}")
     return _page(title, body)
 

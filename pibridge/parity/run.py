@@ -295,7 +295,12 @@ def run(req: RunRequest, console=None) -> RunResult:
     from pibridge.parity.capture import obs_command
     from pibridge.parity.lerobot_preprocess import default_tokenizer_path
 
+    from dataclasses import replace
+
+    from pibridge.vocab import precision_token
+
     console = console or _console()
+    req = replace(req, precision=precision_token(req.precision))  # bfloat16 / bf16 -> the policy token
     if req.torch_stack not in TORCH_STACKS:
         raise PibridgeError(f"--torch-stack {req.torch_stack}", f"one of {', '.join(TORCH_STACKS)}",
                             "pass --torch-stack ours")
