@@ -219,3 +219,16 @@ def test_help_names_the_lerobot_path(capsys):
     run = " ".join(_cli(capsys, "parity", "run", "--help")[1].split())
     assert "--torch-stack [ours|lerobot]" in run and "PIBRIDGE_LEROBOT_PYTHON" in run
     assert "is the conversion right?" in run  # which comparison answers which question
+
+
+def test_parity_run_relays_capture_progress_on_a_terminal():
+    from rich.console import Console
+
+    from pibridge.parity.run import _with_progress
+
+    code = ("import os, sys; print('pibridge-progress: jax: denoise step 2/10 (3 s)', file=sys.stderr); "
+            "print('warning: kept', file=sys.stderr); print('env', os.environ.get('PIBRIDGE_PROGRESS'))")
+    con = Console(file=io.StringIO(), force_terminal=True, width=100)
+    proc = _with_progress([sys.executable, "-c", code, "--stack", "jax"], con)
+    assert proc.returncode == 0 and proc.stdout.strip() == "env 1"  # the child was asked for progress lines
+    assert proc.stderr == "warning: kept\n"  # progress lines shown as status, everything else kept
