@@ -9,7 +9,7 @@ OPENPI_SRC ?=
 OPENPI_PY ?= $(OPENPI_SRC)/.venv/bin/python
 OPENPI_COMMIT ?=
 
-.PHONY: setup test test-all demo goldens bench clean help matrix matrix-venvs canary lerobot-env
+.PHONY: setup test test-all demo goldens bench clean help matrix matrix-venvs canary lerobot-env browser
 
 help:
 	@echo "make setup    create $(VENV) (Python 3.11) with pibridge[all] and the CPU torch wheel"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench    full-size benchmarks (minutes, ~30 GB disk at peak)"
 	@echo "make matrix   torch stack vs goldens on every supported transformers release (own small venvs)"
 	@echo "make canary   newest jax / flax / orbax / transformers vs the goldens, Python 3.11 and 3.12 (early warning)"
+	@echo "make browser  Debian's chromium for the report render test (skipped at once when installed)"
 
 $(BIN)/pibridge: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,7 +37,13 @@ matrix-venvs: setup
 lerobot-env:
 	tools/lerobot_env.sh
 
-test: setup matrix-venvs lerobot-env
+# Debian's chromium renders the HTML reports in tests/test_report.py (no browser download); quick when installed
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
+	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }; } || \
+	  echo "make browser: could not install chromium (needs apt-get and root); the render test will be skipped" >&2
+
+test: setup matrix-venvs lerobot-env browser
 	$(BIN)/python -m pytest -q
 
 test-all: setup

@@ -21,9 +21,9 @@ timed() { local name=$1; shift; /usr/bin/time -f "$name %e s %M KB" -a -o times.
 "$B/pibridge" convert ck out --profile pi05_droid --camera-map base_0_rgb=top,left_wrist_0_rgb=wrist \
   --weights-dtype bfloat16 --runtime-dtype bfloat16 --tokenizer "$tok" --fold-norm-eps "${tiny[@]}" >/dev/null
 "$B/pibridge" parity obs --profile pi05_droid --batch 1 obs.safetensors >/dev/null
-timed jax-float32 "$B/pibridge" parity capture --stack jax --ckpt ck --obs obs.safetensors --out ref.safetensors \
+timed jax-float32 "$B/pibridge" parity capture --stack jax --openpi ck --obs obs.safetensors --out ref.safetensors \
   --precision float32 --tokenizer "$tok" --save-inputs inputs.safetensors
-timed jax-bf16 "$B/pibridge" parity capture --stack jax --ckpt ck --obs obs.safetensors --out base.safetensors \
+timed jax-bf16 "$B/pibridge" parity capture --stack jax --openpi ck --obs obs.safetensors --out base.safetensors \
   --precision bf16 --tokenizer "$tok" --shared-inputs inputs.safetensors
 for fixes in fixes no-fixes; do
   timed "lerobot-0.6.1-bf16-$fixes" "$LR/pibridge" parity capture --stack lerobot --lerobot out --obs obs.safetensors \

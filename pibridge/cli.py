@@ -11,23 +11,77 @@ from typing import Annotated, Optional
 
 import typer
 
+from pibridge.vocab import DEFAULT_LEROBOT_VERSION, DTYPES, canonical_dtype, exit_code_table, precision_token
+
+EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_code_table()
+
 app = typer.Typer(
     name="pibridge",
     help="Convert OpenPI pi0 / pi0.5 JAX checkpoints to LeRobot's PyTorch layout and prove numeric parity, stage by stage.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 _DEBUG = False
 
 
+def _version_text() -> str:
+    import json
+    from importlib import metadata
+
+    from pibridge import __version__
+    from pibridge.convert.lerobot_config import SCHEMA_DIR
+
+    versions = json.loads((SCHEMA_DIR / "versions.json").read_text())["versions"]
+    targets = ", ".join(f"{v} (transformers key layout {d['transformers_default']})" for v, d in versions.items())
+    try:
+        installed = metadata.version("pibridge")
+    except metadata.PackageNotFoundError:
+        installed = "not installed (running from source)"
+    return (f"pibridge {__version__} (installed distribution: {installed})\n"
+            f"default target: LeRobot {DEFAULT_LEROBOT_VERSION}, transformers key layout "
+            f"{versions[DEFAULT_LEROBOT_VERSION]['transformers_default']} (convert --lerobot-version / "
+            f"--transformers-version)\nknown targets: {targets}")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(_version_text())
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors (anywhere on the line; exit codes unchanged).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and the default LeRobot / transformers targets.")] = False,
 ) -> None:
     global _DEBUG
-    _DEBUG = debug
+    _DEBUG = _DEBUG or debug
+
+
+def _dtype(value: str) -> str:
+    """A dtype in any accepted spelling (pibridge.vocab) -> the canonical one; else a usage error (exit 2)."""
+    from pibridge.errors import PibridgeError
+
+    try:
+        return canonical_dtype(value)
+    except PibridgeError:
+        raise typer.BadParameter(f"{value!r}: expected {'|'.join(DTYPES)} (bf16 is accepted for bfloat16)") from None
+
+
+def _complete_dtype(incomplete: str) -> list[str]:
+    return [d for d in DTYPES if d.startswith(incomplete)]
+
+
+DTYPE = {"parser": _dtype, "metavar": "[" + "|".join(DTYPES) + "]", "autocompletion": _complete_dtype}
+DTYPE_HELP = " Accepts bf16 for bfloat16."
+
+
+def _deprecated(old: str, new: str) -> None:
+    print(f"pibridge: note: {old} is deprecated; use {new} (same meaning)", file=sys.stderr)
 
 
 class Layout(str, Enum):
@@ -35,17 +89,12 @@ class Layout(str, Enum):
     training = "training"
 
 
-class Dtype(str, Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-
-
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Checkpoint directory to create (OpenPI step layout: params/ + assets/).")],
     variant: Annotated[str, typer.Option(help="Model sizes: pi0, pi05, tiny-pi0, tiny-pi05 (configs/variants).")] = "tiny-pi05",
     seed: Annotated[int, typer.Option(help="Seed of the version-stable weight formula (not a framework RNG).")] = 0,
-    dtype: Annotated[Dtype, typer.Option(help="Stored dtype of every leaf.")] = Dtype.float32,
+    dtype: Annotated[str, typer.Option(**DTYPE, help="Stored dtype of every leaf." + DTYPE_HELP)] = "float32",
     layout: Annotated[Layout, typer.Option(help="released: {'params': tree}; training: CheckpointManager step, leaves end in 'value'.")] = Layout.released,
     asset_id: Annotated[str, typer.Option(help="assets/<asset_id>/norm_stats.json; may be nested (a/b).")] = "synthetic",
     profile: Annotated[Optional[str], typer.Option(help="Policy profile giving the native state / action dims of the norm stats.")] = None,
@@ -56,7 +105,7 @@ def synth(
     """Write a synthetic checkpoint exactly the way OpenPI writes one (orbax OCDBT/zarr), with norm stats."""
     from pibridge.convert.synth import synth_command
 
-    synth_command(out, variant=variant, seed=seed, dtype=dtype.value, layout=layout.value, asset_id=asset_id,
+    synth_command(out, variant=variant, seed=seed, dtype=dtype, layout=layout.value, asset_id=asset_id,
                   profile=profile, sharp_attention=sharp_attention, outliers=outliers, force=force)
 
 
@@ -77,24 +126,24 @@ def convert(
     ckpt: Annotated[Path, typer.Argument(help="OpenPI checkpoint: a step directory (params/ + assets/) or its params/.")],
     out: Annotated[Path, typer.Argument(help="LeRobot policy directory to create.")],
     profile: Annotated[Optional[str], typer.Option(help="OpenPI config the policy was trained with (pibridge/configs/profiles), e.g. pi05_droid; pi05_base / pi0_base = OpenPI's defaults.")] = None,
-    camera_map: Annotated[Optional[str], typer.Option(help="OpenPI slot -> your LeRobot camera name: base_0_rgb=top_head,left_wrist_0_rgb=hand_left,right_wrist_0_rgb=empty")] = None,
+    camera_map: Annotated[Optional[list[str]], typer.Option(help="OpenPI slot -> your LeRobot camera name: base_0_rgb=top_head,left_wrist_0_rgb=hand_left,right_wrist_0_rgb=empty (repeatable: merged; a slot given twice is refused)")] = None,
     empty_cameras: Annotated[Optional[str], typer.Option(help="Comma-separated OpenPI slots to leave empty (masked blank image, as OpenPI does).")] = None,
     action_horizon: Annotated[Optional[int], typer.Option(help="Override the profile's action horizon (chunk size).")] = None,
     max_token_len: Annotated[Optional[int], typer.Option(help="Override the profile's prompt token budget.")] = None,
     state_dim: Annotated[Optional[int], typer.Option(help="Native state dim (before padding to 32).")] = None,
     action_dim: Annotated[Optional[int], typer.Option(help="Native action dim the robot gets back.")] = None,
     discrete_state_input: Annotated[Optional[bool], typer.Option("--discrete-state-input/--no-discrete-state-input", help="pi05: discretised state in the prompt (OpenPI default True; pi05_libero False).")] = None,
-    lerobot_version: Annotated[str, typer.Option(help="Target LeRobot release: 0.5.1, 0.6.0, 0.6.1 (decides config.json fields and the transformers key layout).")] = "0.6.1",
+    lerobot_version: Annotated[str, typer.Option(help="Target LeRobot release: 0.5.1, 0.6.0, 0.6.1 (decides config.json fields and the transformers key layout).")] = DEFAULT_LEROBOT_VERSION,
     transformers_version: Annotated[Optional[str], typer.Option(help="Override the transformers release whose key layout is written (default: what --lerobot-version pins).")] = None,
-    weights_dtype: Annotated[Dtype, typer.Option(help="dtype of model.safetensors: float32, or LeRobot's bf16 layout (norms, vision, heads fp32).")] = Dtype.float32,
-    runtime_dtype: Annotated[Dtype, typer.Option(help="LeRobot's config.json `dtype` (what the policy computes in).")] = Dtype.float32,
+    weights_dtype: Annotated[str, typer.Option(**DTYPE, help="dtype of model.safetensors: float32, or LeRobot's bfloat16 layout (norms, vision, heads fp32)." + DTYPE_HELP)] = "float32",
+    runtime_dtype: Annotated[str, typer.Option(**DTYPE, help="LeRobot's config.json `dtype` (what the policy computes in)." + DTYPE_HELP)] = "float32",
     asset_id: Annotated[Optional[str], typer.Option(help="assets/<asset_id>/norm_stats.json to use (automatic when there is exactly one).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="PaliGemma SentencePiece model to write into OUT/tokenizer (else LeRobot fetches a gated hub model).")] = None,
     fold_norm_eps: Annotated[bool, typer.Option(help="Fold OpenPI's normalizer epsilons into the stats so LeRobot's formulas give OpenPI's numbers (recorded).")] = False,
     fold_bf16_params: Annotated[bool, typer.Option(help="bf16 runtime: store OpenPI's bf16 parameter rounding in the tensors LeRobot keeps fp32 (norms as bf16(1+bf16(s))-1; recorded).")] = False,
     allow_tiny: Annotated[bool, typer.Option(help="Allow test-size variants (LeRobot cannot build them without a config patch).")] = False,
     allow_nonfinite: Annotated[bool, typer.Option(help="Convert even if a weight contains NaN or Inf.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Metadata only: print one audit line per tensor, write nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Metadata only: print one audit line per tensor on stdout, write nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists (the old one survives until the new one is complete).")] = False,
 ) -> None:
     """Convert an OpenPI pi0 / pi05 checkpoint into a LeRobot policy directory (streamed, audited, atomic)."""
@@ -103,10 +152,10 @@ def convert(
     overrides = {"action_horizon": action_horizon, "max_token_len": max_token_len, "state_dim": state_dim,
                  "action_dim": action_dim, "discrete_state_input": discrete_state_input}
     run_convert(ConvertRequest(
-        ckpt=ckpt, out=out, profile=profile, overrides=overrides, camera_map=camera_map,
+        ckpt=ckpt, out=out, profile=profile, overrides=overrides, camera_map=",".join(camera_map) if camera_map else None,
         empty_cameras=tuple(s.strip() for s in (empty_cameras or "").split(",") if s.strip()),
         lerobot_version=lerobot_version, transformers_version=transformers_version,
-        weights_dtype=weights_dtype.value, runtime_dtype=runtime_dtype.value, asset_id=asset_id, tokenizer=tokenizer,
+        weights_dtype=weights_dtype, runtime_dtype=runtime_dtype, asset_id=asset_id, tokenizer=tokenizer,
         fold_norm_eps=fold_norm_eps, fold_bf16_params=fold_bf16_params, allow_tiny=allow_tiny, allow_nonfinite=allow_nonfinite, dry_run=dry_run,
         force=force))
 
@@ -117,7 +166,10 @@ def check(
     strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too (runtime fixes needed, runtime differs from the target).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable findings.")] = False,
 ) -> None:
-    """Is the installed runtime safe for this policy? Probes transformers on tiny modules and names the runtime fix to apply."""
+    """Is the installed runtime safe for this policy? Probes transformers on tiny modules and names the runtime fix to apply.
+
+    Run it with the Python that will run the policy: the LeRobot environment's (e.g. .venvs/lr-0.6.1/bin/pibridge
+    check OUT, after `make lerobot-env`), since the answer depends on its transformers / LeRobot versions."""
     from pibridge.parity.check import command_check
 
     raise typer.Exit(command_check(out, strict=strict, as_json=as_json))
@@ -127,7 +179,7 @@ def check(
 def fixes(
     transformers: Annotated[Optional[str], typer.Option(help="Runtime transformers version (unset: any).")] = None,
     lerobot: Annotated[Optional[str], typer.Option(help="Runtime LeRobot version (unset: any).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Runtime dtype: float32 or bfloat16 (unset: any).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(**DTYPE, help="Runtime dtype: float32 or bfloat16 (unset: any)." + DTYPE_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable rows.")] = False,
 ) -> None:
     """List the numeric fixes (configs/fixes.json) that apply to a runtime."""
@@ -146,11 +198,6 @@ class Stack(str, Enum):
     torch = "torch"
     lerobot = "lerobot"
     transformers = "transformers"  # transformers' own PI0 / PI05 models (parity/transformers_stack.py)
-
-
-class Precision(str, Enum):
-    float32 = "float32"
-    bf16 = "bf16"
 
 
 class Resize(str, Enum):
@@ -181,21 +228,31 @@ def parity_capture(
     stack: Annotated[Stack, typer.Option(help="Which stack to run in this process.")],
     obs: Annotated[Path, typer.Option(help="Observation file (pibridge parity obs).")],
     out: Annotated[Path, typer.Option(help="Trace file to write (.safetensors).")],
-    ckpt: Annotated[Optional[Path], typer.Option(help="OpenPI checkpoint (jax stack).")] = None,
-    lerobot: Annotated[Optional[Path], typer.Option(help="Converted LeRobot policy dir OUT (torch stack).")] = None,
-    precision: Annotated[Precision, typer.Option(help="float32, or the stack's bf16 policy.")] = Precision.float32,
+    openpi: Annotated[Optional[Path], typer.Option(help="OpenPI checkpoint CKPT (jax stack).")] = None,
+    lerobot: Annotated[Optional[Path], typer.Option(help="Converted LeRobot policy dir OUT (torch / lerobot stacks).")] = None,
+    precision: Annotated[str, typer.Option(**DTYPE, help="float32, or the stack's bfloat16 policy." + DTYPE_HELP)] = "float32",
     fixes: Annotated[bool, typer.Option("--fixes/--no-fixes", help="torch: apply the runtime fixes (configs/fixes.json).")] = True,
     shared_inputs: Annotated[Optional[Path], typer.Option(help="Feed the model these preprocessed inputs (written by --save-inputs) instead of preprocessing.")] = None,
     save_inputs: Annotated[Optional[Path], typer.Option(help="Write the preprocessed inputs this capture fed its model.")] = None,
     resize: Annotated[Resize, typer.Option(help="torch: resize used by its LeRobot preprocessing.")] = Resize.lerobot,
     steps: Annotated[int, typer.Option(help="Euler denoising steps.")] = 10,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default for torch: OUT/tokenizer/tokenizer.model).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default: OUT/tokenizer/tokenizer.model, OUT from --lerobot or, jax, --profile OUT).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="jax: profile name or converted OUT dir (default: the synthetic checkpoint's profile).")] = None,
+    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", hidden=True, help="Deprecated spelling of --openpi.")] = None,
 ) -> None:
-    """Run ONE stack on an observation in this process and write its trace (stages, timings, versions, fingerprints)."""
+    """Run ONE stack on an observation in this process and write its trace (stages, timings, versions, fingerprints).
+
+    The lerobot stack imports the real LeRobot: run it with a LeRobot environment's interpreter."""
     from pibridge.parity.capture import capture_command
 
-    capture_command(stack=stack.value, obs=obs, out=out, ckpt=ckpt, lerobot=lerobot, precision=precision.value,
+    if ckpt is not None:
+        _deprecated("--ckpt", "--openpi")
+        if openpi is not None and openpi != ckpt:
+            from pibridge.errors import PibridgeError
+
+            raise PibridgeError(f"--openpi {openpi} and --ckpt {ckpt}", "one checkpoint", "pass only --openpi CKPT")
+        openpi = ckpt
+    capture_command(stack=stack.value, obs=obs, out=out, ckpt=openpi, lerobot=lerobot, precision=precision_token(precision),
                     fixes=fixes, shared_inputs=shared_inputs, save_inputs=save_inputs, resize=resize.value,
                     steps=steps, tokenizer=tokenizer, profile=profile)
 
@@ -210,6 +267,8 @@ def parity_compare(
     reference: Annotated[Optional[Path], typer.Option(help="bf16 allowance: the jax stack's float32 trace (the exact answer).")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="bf16 allowance: the jax stack's bf16 trace (OpenPI's own bf16).")] = None,
     allowance: Annotated[Optional[Path], typer.Option(help="bf16 allowance rules (default pibridge/configs/allowance.json).")] = None,
+    summary: Annotated[bool, typer.Option("--summary", help="Terminal: the verdict only (the files keep everything).")] = False,
+    only_failing: Annotated[bool, typer.Option("--only-failing", help="Terminal: only the failing stages' rows.")] = False,
 ) -> None:
     """Compare two traces stage by stage (numpy only); exit 1 when a stage breaks its tolerance.
 
@@ -223,24 +282,26 @@ def parity_compare(
                                 "pass both traces")
         from pibridge.parity.run import compare_command
 
-        compare_command(a, b, tolerances=tolerances, json_out=json_out, html_out=html_out)
+        compare_command(a, b, tolerances=tolerances, json_out=json_out, html_out=html_out,
+                        view=_view(summary, only_failing))
         return
-    if reference is None or baseline is None or b is not None or tolerances is not None or html_out is not None:
-        raise PibridgeError("bf16 allowance options mixed with two traces, --tolerances or --html, or one of "
+    if reference is None or baseline is None or b is not None or tolerances is not None:
+        raise PibridgeError("bf16 allowance options mixed with two traces or --tolerances, or one of "
                             "--reference / --baseline missing", "CAND --reference REF --baseline BASE [--allowance F] "
-                            "[--json F]", "pass one candidate trace with both --reference and --baseline")
+                            "[--json F] [--html F]", "pass one candidate trace with both --reference and --baseline")
     from pibridge.parity.allowance import allowance_command
 
-    allowance_command(a, reference, baseline, allowance=allowance, json_out=json_out)
+    allowance_command(a, reference, baseline, allowance=allowance, json_out=json_out, html_out=html_out,
+                      view=_view(summary, only_failing))
 
 
 @parity_app.command("run")
 def parity_run(
-    openpi: Annotated[Path, typer.Option(help="OpenPI checkpoint (step dir).")],
+    openpi: Annotated[Path, typer.Option(help="OpenPI checkpoint CKPT (step dir).")],
     lerobot: Annotated[Path, typer.Option(help="Converted LeRobot policy dir (pibridge convert).")],
     obs: Annotated[Optional[Path], typer.Option(help="Observation file (default: a synthetic one for OUT's profile).")] = None,
-    torch_stack: Annotated[str, typer.Option(help="Torch-side stack: ours (LeRobot-structured, on transformers).")] = "ours",
-    precision: Annotated[Precision, typer.Option(help="float32, or each stack's bf16 policy.")] = Precision.float32,
+    torch_stack: Annotated[str, typer.Option(metavar="[ours|lerobot]", help="Torch-side stack: ours (pibridge's LeRobot-structured model on the installed transformers, this Python) or lerobot (the real LeRobot policy and processors, in its own environment: --torch-python, $PIBRIDGE_LEROBOT_PYTHON, or the .venvs/lr-0.6.1 that `make lerobot-env` builds; tiny OUTs handled; --precision must match OUT's runtime dtype).")] = "ours",
+    precision: Annotated[str, typer.Option(**DTYPE, help="float32, or each stack's bfloat16 policy." + DTYPE_HELP)] = "float32",
     shared_preprocessing: Annotated[bool, typer.Option(help="Feed both models OpenPI's preprocessed tensors (model stages free of preprocessing differences).")] = False,
     resize: Annotated[Resize, typer.Option(help="Resize on the torch side (the preprocessing section always compares both).")] = Resize.openpi,
     fixes: Annotated[bool, typer.Option("--fixes/--no-fixes", help="Apply the runtime fixes on the torch side.")] = True,
@@ -248,18 +309,31 @@ def parity_run(
     tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default OUT/tokenizer/tokenizer.model).")] = None,
     tolerances: Annotated[Optional[Path], typer.Option(help="Tolerance rules (default pibridge/configs/tolerances.json).")] = None,
     jax_python: Annotated[str, typer.Option(help="Interpreter for the jax capture.")] = sys.executable,
-    torch_python: Annotated[str, typer.Option(help="Interpreter for the torch capture (e.g. a Python 3.12 LeRobot env).")] = sys.executable,
+    torch_python: Annotated[Optional[str], typer.Option(help="Interpreter for the torch capture (default: this one; for --torch-stack lerobot see there).")] = None,
     html: Annotated[Optional[Path], typer.Option(help="Write the HTML report here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
     workdir: Annotated[Optional[Path], typer.Option(help="Where traces and the observation go (default: a new temp dir).")] = None,
+    summary: Annotated[bool, typer.Option("--summary", help="Terminal: the verdict only (the files keep everything).")] = False,
+    only_failing: Annotated[bool, typer.Option("--only-failing", help="Terminal: only the failing stages' rows.")] = False,
 ) -> None:
-    """Capture both stacks in their own processes, compare, report; exit 1 when a model stage diverges."""
+    """Capture both stacks in their own processes, compare, report; exit 1 when a model stage diverges.
+
+    Without --shared-preprocessing it answers "does the deployed policy act like OpenPI?" (each side preprocesses);
+    with it, "is the conversion right?" (both models get OpenPI's preprocessed tensors)."""
     from pibridge.parity.run import RunRequest, run
 
-    run(RunRequest(openpi=openpi, lerobot=lerobot, obs=obs, torch_stack=torch_stack, precision=precision.value,
+    run(RunRequest(openpi=openpi, lerobot=lerobot, obs=obs, torch_stack=torch_stack, precision=precision_token(precision),
                    shared_preprocessing=shared_preprocessing, resize=resize.value, fixes=fixes, steps=steps,
                    tokenizer=tokenizer, tolerances=tolerances, jax_python=jax_python, torch_python=torch_python,
-                   html=html, json=json_out, workdir=workdir))
+                   html=html, json=json_out, workdir=workdir, view=_view(summary, only_failing)))
+
+
+def _view(summary: bool, only_failing: bool) -> str:
+    if summary and only_failing:
+        from pibridge.errors import PibridgeError
+
+        raise PibridgeError("--summary with --only-failing", "one terminal view", "pass one of them")
+    return "summary" if summary else "only-failing" if only_failing else "full"
 
 
 class Interrupted(BaseException):
@@ -291,24 +365,43 @@ def _install_signal_handlers() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input -> one message on stderr and exit 2 (1 for a parity failure); --debug re-raises.
-    SIGINT / SIGTERM: temporaries removed, one line, exit 128 + signal number (130 for Ctrl-C)."""
+    """Entry point: bad input -> one message on stderr and exit 2 (1 for a parity failure); --debug (anywhere on
+    the line) adds the traceback and keeps the exit code. SIGINT / SIGTERM: temporaries removed, one line, exit
+    128 + signal number (130 for Ctrl-C)."""
+    import traceback
+
     from pibridge.errors import PibridgeError
 
+    global _DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    _DEBUG, args = _take_debug(args)
     _SIGNALLED.clear()
     previous = _install_signal_handlers()
     try:
-        app(args=argv)  # standalone: usage errors exit 2 with click's message
+        cmd = command()
+        _refuse_repeats(cmd, args)
+        cmd.main(args=args, prog_name="pibridge")  # standalone: usage errors exit 2 with click's message
     except PibridgeError as err:
         _exit_if_interrupted()
-        if _debug(argv):
-            raise
+        if _DEBUG:
+            traceback.print_exc()
         print(f"pibridge: error: {err.render()}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except ImportError as err:  # an optional dependency missing: name the extra (other import errors: a traceback)
+        _exit_if_interrupted()
+        from pibridge.errors import missing_dependency
+
+        bad = missing_dependency(err, f"`pibridge {_command_name(args)}`")
+        if bad is None:
+            raise
+        if _DEBUG:
+            traceback.print_exc()
+        print(f"pibridge: error: {bad.render()}", file=sys.stderr)
+        sys.exit(bad.exit_code)
     except OSError as err:  # the environment (permissions, read-only or failing disk): one message, no traceback
         _exit_if_interrupted()
-        if _debug(argv):
-            raise
+        if _DEBUG:
+            traceback.print_exc()
         where = f": {err.filename}" if err.filename else ""
         print(f"pibridge: error: {err.strerror or err}{where}\nwhat to do: check permissions and free space there "
               "(--debug shows where it happened)", file=sys.stderr)
@@ -321,8 +414,88 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(s, h)
 
 
-def _debug(argv: list[str] | None) -> bool:
-    return _DEBUG or "--debug" in (argv if argv is not None else sys.argv)
+def _command_name(args: list[str]) -> str:
+    words = [a for a in args[:3] if not a.startswith("-")]
+    return " ".join(words[:2] if words[:1] == ["parity"] else words[:1])
+
+
+def _take_debug(args: list[str]) -> tuple[bool, list[str]]:
+    """--debug anywhere before a `--` separator: removed from the line (so every subcommand accepts it)."""
+    end = args.index("--") if "--" in args else len(args)
+    head = [a for a in args[:end] if a != "--debug"]
+    return len(head) != end, head + args[end:]
+
+
+def command():
+    """The click command tree of `app`, its help tidied (see _tidy)."""
+    cmd = typer.main.get_command(app)
+    _tidy(cmd)
+    return cmd
+
+
+def _tidy(cmd) -> None:
+    """Help without typer's placeholders: no `<bool>` after flags, `OUT` (not `{out}`) for arguments, `PATH` /
+    `INT` / `TEXT` for values; every command's help ends with the exit-code table."""
+    for p in cmd.params:  # duck-typed: typer >= 0.2x vendors its own click
+        if p.param_type_name == "argument":
+            name = p.metavar or p.name.upper()
+            p.metavar = name
+            p._usage_display_name = (lambda n=name, req=p.required: n if req else f"[{n}]")
+            p.display_type_rich = lambda ctx=None: None  # the name says it; typer adds `<path>`
+        elif p.param_type_name == "option" and p.metavar is None:
+            p.metavar = "" if p.is_flag or p.count else _value_metavar(p)
+    if cmd.epilog is None and not hasattr(cmd, "commands"):
+        cmd.epilog = EXIT_CODES_HELP
+    for sub in getattr(cmd, "commands", {}).values():
+        _tidy(sub)
+
+
+def _value_metavar(p) -> str:
+    desc = getattr(p, "type_descriptor", None)  # typer >= 0.2x
+    if desc is None:  # older typer: click's own types
+        choices = getattr(p.type, "choices", None)
+        return "[" + "|".join(map(str, choices)) + "]" if choices else p.type.name.upper()
+    if desc.is_choice:
+        return "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices) + "]"
+    if desc.is_path:
+        return "PATH"
+    ann = str(desc.annotation)
+    return "INT" if "int" in ann else "FLOAT" if "float" in ann else "TEXT"
+
+
+def _repeatable(p) -> bool:
+    return bool(getattr(p, "multiple", False) or getattr(getattr(p, "type_descriptor", None), "is_list", False))
+
+
+def _refuse_repeats(cmd, args: list[str]) -> None:
+    """A single-valued option given twice is refused (click would keep the last one silently); repeatable
+    ones (multiple=True) are merged by their commands."""
+    from pibridge.errors import PibridgeError
+
+    i = 0
+    while hasattr(cmd, "commands") and i < len(args):  # walk down to the subcommand
+        if args[i] in cmd.commands:
+            cmd, args = cmd.commands[args[i]], args[i + 1:]
+            i = 0
+        else:
+            i += 1
+    seen: dict[str, list[str]] = {}
+    names = {o: p for p in cmd.params if p.param_type_name == "option" and not _repeatable(p)
+             for o in (*p.opts, *p.secondary_opts)}
+    end = args.index("--") if "--" in args else len(args)
+    for k, a in enumerate(args[:end]):
+        flag, _, inline = a.partition("=")
+        p = names.get(flag)
+        if p is None:
+            continue
+        value = inline or (flag if p.is_flag else (args[k + 1] if k + 1 < end else ""))
+        seen.setdefault(p.name, []).append(f"{flag} {value}" if not p.is_flag else flag)
+    twice = {n: v for n, v in seen.items() if len(v) > 1}
+    if twice:
+        n, given = next(iter(twice.items()))
+        raise PibridgeError(f"option given {len(given)} times: {'; '.join(given)}",
+                            "each option once (only repeatable options such as --camera-map, --prompt, --mask merge)",
+                            "keep the one you mean")
 
 
 def _exit_if_interrupted() -> None:

@@ -25,3 +25,34 @@ class ParityFailure(PibridgeError):
     """A tolerance was broken. Exit code 1."""
 
     exit_code = 1
+
+
+# An optional dependency's top-level module -> how to get it. One table for the CLI and the capture subprocesses.
+EXTRAS = {"jax": "jax", "jaxlib": "jax", "flax": "jax", "orbax": "jax", "optax": "jax", "chex": "jax",
+          "torch": "torch", "transformers": "torch", "tokenizers": "torch", "huggingface_hub": "torch"}
+LEROBOT_HINT = ("run it with the interpreter of a LeRobot environment: `make lerobot-env` builds .venvs/lr-0.6.1, or "
+                "pass --torch-python / set PIBRIDGE_LEROBOT_PYTHON")
+
+
+def missing_dependency(err: ImportError, what: str = "this command", lerobot_env: bool = False) -> PibridgeError | None:
+    """A ModuleNotFoundError of an optional dependency as bad input naming the extra to install; None for any other
+    import error (a bug or a broken install: keep its traceback). lerobot_env: the code runs in a LeRobot
+    environment (the lerobot stack), whose torch / transformers come with LeRobot."""
+    name = (getattr(err, "name", None) or "").split(".")[0]
+    if not isinstance(err, ModuleNotFoundError) or not name:
+        return None
+    if name == "lerobot" or (lerobot_env and name in EXTRAS):
+        return PibridgeError(f"{what} needs LeRobot ({name} is not installed in this Python, {_python()})",
+                             "the real LeRobot (lerobot[pi]) importable", LEROBOT_HINT)
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return None
+    return PibridgeError(f"{what} needs {name}, which is not installed in this Python ({_python()})",
+                         f"pibridge's [{extra}] extra installed",
+                         f"pip install 'pibridge[{extra}]' (or 'pibridge[all]'), or run with an interpreter that has it")
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

@@ -72,7 +72,7 @@ def test_shared_inputs_are_what_both_models_saw(shared_traces):
 
 def test_capture_errors(tmp_path):
     obs = tmp_path / "o.safetensors"
-    with pytest.raises(PibridgeError, match="--ckpt"):
+    with pytest.raises(PibridgeError, match="--openpi"):
         capture(CaptureRequest("jax", obs, tmp_path / "t"))
     with pytest.raises(PibridgeError, match="stack 'nope'"):
         capture(CaptureRequest("nope", obs, tmp_path / "t"))

@@ -79,7 +79,7 @@ def test_dry_run_audits_every_tensor_and_writes_nothing(ckpts, tmp_path):
     proc = _cli("convert", str(ckpts["tiny-pi05"]), str(tmp_path / "out"), "--profile", "pi05_droid",
                 "--camera-map", CAMS, "--allow-tiny", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    lines = [l for l in proc.stderr.splitlines() if " <- " in l]
+    lines = [l for l in proc.stdout.splitlines() if " <- " in l]  # the audit is the output: stdout
     assert len(lines) == 117 and any("q_proj" in l and "q_einsum" in l for l in lines)
     assert not (tmp_path / "out").exists()
 

@@ -114,15 +114,46 @@ def test_run_real_lerobot_stack_in_its_own_interpreter(traces):
     root, ck, out, _, *_ = traces
     obs = root / "all_cameras.safetensors"  # LeRobot has no per-sample camera mask: every filled camera present
     obs_command(obs, profile=str(out))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
-               PIBRIDGE_LEROBOT_PRELOAD=str(Path(__file__).parent / "lerobot" / "tiny_patch.py"))
-    cmd = [sys.executable, "-m", "pibridge.parity.run", "run", "--openpi", str(ck), "--lerobot", str(out),
+    # the LeRobot interpreter found through the environment variable; the tiny OUT patched by pibridge itself
+    env = {k: v for k, v in os.environ.items() if k != "PIBRIDGE_LEROBOT_PRELOAD"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
+               PIBRIDGE_LEROBOT_PYTHON=str(LR_PYTHON), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cmd = [sys.executable, "-m", "pibridge.cli", "parity", "run", "--openpi", str(ck), "--lerobot", str(out),
            "--obs", str(obs), "--shared-preprocessing", "--steps", "2", "--tolerances", str(root / "loose.json"),
-           "--torch-stack", "lerobot", "--torch-python", str(LR_PYTHON), "--json", str(root / "lr.json"),
-           "--workdir", str(root / "lr")]
+           "--torch-stack", "lerobot", "--json", str(root / "lr.json"), "--workdir", str(root / "lr")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rep = json.loads((root / "lr.json").read_text())
     acts = next(s for s in rep["stages"] if s["name"] == "actions")
     assert acts["status"] == "pass" and acts["metrics"]["max_abs"] <= 1e-4
-    assert any(n.startswith("B: lerobot stack") for n in rep["notes"])
+    assert any(n.startswith("B: lerobot stack") and "pibridge.parity.lerobot_tiny" in n for n in rep["notes"])
+    assert any(n.startswith("comparison: shared preprocessing") for n in rep["notes"])
+    assert str(LR_PYTHON) in proc.stdout  # the capture ran in the LeRobot interpreter
+    # a precision LeRobot would silently ignore (OUT computes in float32) is refused before any capture
+    bad = subprocess.run(cmd[:-4] + ["--precision", "bf16", "--workdir", str(root / "lr-bf16")], capture_output=True,
+                         text=True, env=env)
+    assert bad.returncode == 2 and "computes in float32" in bad.stderr and not (root / "lr-bf16").exists()
+
+
+def test_lerobot_interpreter_is_found_or_explained(monkeypatch, tmp_path):
+    from pibridge.parity import run as run_mod
+
+    monkeypatch.delenv(run_mod.LEROBOT_PYTHON_ENV, raising=False)
+    monkeypatch.setattr(run_mod, "LEROBOT_VENV", Path("no-such-venv") / "bin" / "python")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PibridgeError, match="no LeRobot environment found") as err:
+        run_mod.lerobot_python(None)
+    assert "make lerobot-env" in err.value.render() and "PIBRIDGE_LEROBOT_PYTHON" in err.value.render()
+    with pytest.raises(PibridgeError, match="cannot import lerobot"):  # this venv has pibridge, not LeRobot
+        run_mod.lerobot_python(sys.executable)
+    monkeypatch.setenv(run_mod.LEROBOT_PYTHON_ENV, str(tmp_path / "missing-python"))
+    with pytest.raises(PibridgeError, match="missing-python"):
+        run_mod.lerobot_python(None)
+
+
+def test_comparison_note_names_the_question():
+    from pibridge.parity.run import comparison_note
+
+    assert "is the conversion right" in comparison_note(RunRequest(Path("c"), Path("o"), shared_preprocessing=True))
+    own = comparison_note(RunRequest(Path("c"), Path("o"), torch_stack="lerobot"))
+    assert "LeRobot's own processors" in own and "--shared-preprocessing" in own

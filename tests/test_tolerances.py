@@ -18,6 +18,7 @@ from pibridge.configs import CONFIG_DIR
 from pibridge.parity.compare import compare, load_rules, match_rule
 from pibridge.parity.report import comparison_json, summary_lines
 from pibridge.parity.stages import stage_order
+from pibridge.parity.verdict import verdict
 
 pytestmark = [pytest.mark.jax, pytest.mark.torch]
 STEPS, HORIZON = 2, 10
@@ -70,6 +71,8 @@ def test_defect_fails_at_the_right_stage(w96, defect):
     assert c.first_diverging.name == first, summary_lines(c)[-1]
     assert f"first diverging stage: {first}" in summary_lines(c)[-1]
     assert json.loads(comparison_json(c))["first_diverging"] == first
+    v = verdict(c, fixes=fixes, shared=True, precision=precision)  # the report's verdict names this defect
+    assert v.defect == defect[0].removesuffix("-bf16") and v.cause and v.next, v.lines()
 
 
 def test_every_stage_has_a_rule_with_a_reason():

@@ -134,7 +134,7 @@ def _cameras(profile: Profile, camera_map: str | None, empty: tuple[str, ...]) -
         raise PibridgeError(f"unknown OpenPI image slot(s) {', '.join(bad)}", f"slots {', '.join(SLOTS)}",
                             "name OpenPI slots on the left of '=' in --camera-map and in --empty-cameras")
     base = {c.slot: c for c in profile.cameras} if profile.cameras else {}
-    names, empties = [], []
+    names, empties, missing = [], [], []
     for slot in SLOTS:
         profile_empty = base[slot].empty if slot in base else None
         if slot in empty or (slot in mapping and mapping[slot] is None):
@@ -147,10 +147,9 @@ def _cameras(profile: Profile, camera_map: str | None, empty: tuple[str, ...]) -
         elif profile_empty:
             empties.append(slot)
         else:
-            hint = f" (the robot key {base[slot].source!r} of the profile is not a LeRobot camera name)" if slot in base else ""
-            raise PibridgeError(f"no LeRobot camera name for slot {slot}{hint}",
-                                "--camera-map SLOT=NAME for every slot the policy uses, or --empty-cameras SLOT",
-                                f"e.g. --camera-map {slot}=top_head (your dataset's observation.images.<NAME>)")
+            missing.append(slot)
+    if missing:
+        raise _missing_cameras(missing, mapping, base)
     odd = [n for n in names if not LEROBOT_NAME.fullmatch(n)]
     dup = sorted({n for n in names if names.count(n) > 1})
     if odd or dup:
@@ -160,6 +159,18 @@ def _cameras(profile: Profile, camera_map: str | None, empty: tuple[str, ...]) -
     if not names:
         raise PibridgeError("every camera slot is empty", "at least one camera", "map a slot with --camera-map")
     return tuple(names), tuple(empties)
+
+
+def _missing_cameras(missing: list[str], mapping: dict[str, str | None], base: dict) -> PibridgeError:
+    """Every unmapped slot in one message, with an example that would pass: the user's own entries plus a
+    distinct placeholder name per missing slot."""
+    hints = [f"{s} (OpenPI robot key {base[s].source!r})" if s in base and base[s].source else s for s in missing]
+    example = ",".join([f"{s}={'empty' if c is None else c}" for s, c in mapping.items()] +
+                       [f"{s}={s.replace('_0_rgb', '')}" for s in missing])
+    return PibridgeError(f"no LeRobot camera name for slot{'s' if len(missing) > 1 else ''} {', '.join(hints)}",
+                         "--camera-map SLOT=NAME for every slot the policy uses, or --empty-cameras SLOT",
+                         f"e.g. --camera-map {example} (NAME: your dataset's observation.images.<NAME>), or "
+                         f"--empty-cameras {','.join(missing)} for cameras the robot does not have")
 
 
 def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | None) -> dict[str, Any]:
@@ -214,8 +225,8 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
     out = Path(req.out)
     recover_stale(out.absolute())
     r = resolve(req)
-    if req.dry_run:
-        _print_audit(r, console)
+    if req.dry_run:  # the audit is the command's output: stdout (progress and messages stay on stderr)
+        _print_audit(r, Console(soft_wrap=True) if console.stderr else console)
         return None
     if req.fold_bf16_params and req.runtime_dtype != "bfloat16":
         raise PibridgeError("--fold-bf16-params with a float32 runtime", "--runtime-dtype bfloat16",

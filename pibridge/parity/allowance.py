@@ -227,7 +227,8 @@ def _notes(ref: Trace, base: Trace, cand: Trace) -> list[str]:
 
 
 def allowance_command(cand: Path, reference: Path, baseline: Path, *, allowance: Path | None = None,
-                      json_out: Path | None = None, console=None) -> AllowanceComparison:
+                      json_out: Path | None = None, html_out: Path | None = None, console=None,
+                      view: str = "full") -> AllowanceComparison:
     """`pibridge parity compare CAND --reference REF --baseline BASE`: ParityFailure (exit 1) when a stage
     exceeds its allowance; PibridgeError (exit 2) on mismatched traces."""
     from pibridge.errors import ParityFailure
@@ -237,14 +238,25 @@ def allowance_command(cand: Path, reference: Path, baseline: Path, *, allowance:
 
     ref, base, tc = read_trace(reference), read_trace(baseline), read_trace(cand)
     c = compare_allowance(ref, base, tc, load_allowance(allowance))
+    from pibridge.parity.report_html import allowance_html
+    from pibridge.parity.verdict import verdict
+
     console = console or _console()
-    console.print(allowance_table(c, title=f"bf16 allowance {Path(cand).name}"))
+    shared = bool(tc.meta.get("shared_inputs"))
+    v = verdict(c, fixes=tc.meta.get("fixes_enabled"), shared=shared, precision="bf16", allowance=True)
+    title = f"bf16 allowance {Path(cand).name}"
+    if view != "summary":
+        console.print(allowance_table(c, title=title, only_failing=view == "only-failing"))
     notes = _notes(ref, base, tc)
-    for line in notes + allowance_summary_lines(c):
+    for line in (notes if view == "full" else []) + allowance_summary_lines(c) + v.lines()[1:]:
         console.print(line, highlight=False)
     if json_out:
-        Path(json_out).write_text(allowance_json(c, notes=notes))
+        Path(json_out).write_text(allowance_json(c, notes=notes, verdict=v.to_dict()))
         console.print(f"JSON report: {json_out}")
+    if html_out:
+        Path(html_out).write_text(allowance_html(c, title=title, notes=notes + allowance_summary_lines(c)[:-1],
+                                                 verdict=v))
+        console.print(f"HTML report: {Path(html_out).resolve()}")
     first = c.first_diverging
     if first is not None:
         raise ParityFailure(f"bf16 allowance failed: first diverging stage {first.name} ({first.status})",

@@ -16,7 +16,7 @@ import importlib.metadata
 import platform
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +72,14 @@ def _check(req: CaptureRequest) -> None:
     if req.stack not in STACKS:
         raise PibridgeError(f"stack {req.stack!r}", f"one of {', '.join(STACKS)}", f"pass --stack {'|'.join(STACKS)}")
     if req.precision not in PRECISIONS:
-        raise PibridgeError(f"precision {req.precision!r}", "float32 or bf16", "pass --precision float32|bf16")
+        raise PibridgeError(f"precision {req.precision!r}", "float32 or bfloat16 (bf16)", "pass --precision float32|bfloat16")
     if req.resize not in RESIZES:
         raise PibridgeError(f"resize {req.resize!r}", "openpi or lerobot", "pass --resize openpi|lerobot")
     if req.steps < 1:
         raise PibridgeError(f"--steps {req.steps}", "at least 1 Euler step", "pass --steps 10 (OpenPI's default)")
     need = "ckpt" if req.stack == "jax" else "lerobot"
     if getattr(req, need) is None:
-        flag = "--ckpt CKPT" if need == "ckpt" else "--lerobot OUT"
+        flag = "--openpi CKPT" if need == "ckpt" else "--lerobot OUT"
         raise PibridgeError(f"--stack {req.stack} without {flag.split()[0]}", f"{flag} for the {req.stack} stack",
                             f"pass {flag}")
 
@@ -99,14 +99,37 @@ def _stack_function(name: str):
     return getattr(importlib.import_module(module), func)
 
 
+def _defaults(req: CaptureRequest) -> CaptureRequest:
+    """Precision in any accepted dtype spelling -> the policy token; the tokenizer defaults to the converted OUT's
+    (--lerobot OUT, or for the jax stack --profile OUT), the same rule on every stack."""
+    from pibridge.parity.lerobot_preprocess import default_tokenizer_path
+    from pibridge.vocab import DTYPE_ALIASES, precision_token
+
+    precision = precision_token(req.precision) if str(req.precision).lower() in DTYPE_ALIASES else req.precision
+    tokenizer = req.tokenizer
+    out_dir = req.lerobot if req.stack != "jax" else (Path(req.profile) if req.profile else None)
+    if tokenizer is None and out_dir is not None and out_dir.is_dir():
+        tokenizer = default_tokenizer_path(out_dir)
+    return replace(req, precision=precision, tokenizer=tokenizer)
+
+
 def capture(req: CaptureRequest) -> CaptureResult:
     """Run one stack on the observation and write the trace to req.out (parent directories are created)."""
     from pibridge.parity.trace import write_trace
 
+    req = _defaults(req)
     _check(req)
     _check_inputs_readable(req)
     t0 = time.perf_counter()
-    recorder, meta = _stack_function(req.stack)(req)
+    try:
+        recorder, meta = _stack_function(req.stack)(req)
+    except ModuleNotFoundError as err:
+        from pibridge.errors import missing_dependency
+
+        bad = missing_dependency(err, f"the {req.stack} stack", lerobot_env=req.stack == "lerobot")
+        if bad is None:
+            raise
+        raise bad from err
     seconds = time.perf_counter() - t0
     meta = {"stack": req.stack, "precision": req.precision, "steps": req.steps, "fixes_enabled": req.fixes,
             "shared_inputs": None if req.shared_inputs is None else str(req.shared_inputs),

@@ -26,6 +26,10 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess_detailed
     from pibridge.parity.tokenizer import load_tokenizer
 
+    from pibridge.parity.progress import Progress
+
+    prog = Progress("jax", req.steps)
+    prog.phase("open checkpoint")
     t0 = time.perf_counter()
     ck = open_checkpoint(req.ckpt)
     variant = detect(ck.leaves).variant
@@ -33,6 +37,7 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     stats = ck.norm_stats(profile.asset_id if profile.asset_id in ck.asset_ids else None)
     obs = load_observation(req.obs)
     t1 = time.perf_counter()
+    prog.phase("preprocess")
     pre = preprocess_detailed(observation_dict(obs), profile, stats,
                               load_tokenizer(req.tokenizer) if req.tokenizer else None)  # always: recorded
     inputs = pre.inputs if req.shared_inputs is None else load_model_inputs(req.shared_inputs)
@@ -42,14 +47,16 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     synth = ck.synth_record or {}
     fp = None if synth.get("fingerprint") else Fingerprint()  # a real checkpoint: hashed while its leaves load
     source = ck if fp is None else fingerprinting(ck, fp)
+    prog.phase("load weights")
     params = prepare_params(source, variant, get_policy(req.precision))  # leaf by leaf; bf16 stays bf16 under f32
     t3 = time.perf_counter()
-    rec = StageRecorder()
+    rec = StageRecorder(on_record=prog.on_record)
     actions = run_policy(params, variant, inputs, obs.noise, precision=req.precision, num_steps=req.steps, record=rec)
     t4 = time.perf_counter()
     rec.record(st.ACTIONS_UNNORMALIZED, postprocess_actions(actions, inputs.state, profile, stats),
                seconds=time.perf_counter() - t4)
     del params
+    prog.done()
     meta = {
         "packages": package_versions("jax", "jaxlib", "flax", "orbax-checkpoint", "tensorstore"),
         "checkpoint": {"path": str(req.ckpt), "fingerprint": synth.get("fingerprint") or fp.hexdigest(),

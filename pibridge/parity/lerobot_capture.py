@@ -3,8 +3,10 @@ real-LeRobot stack (pibridge.parity.lerobot_stack.capture_lerobot), run in a LeR
 (`parity run --torch-python .venvs/lr-0.6.1/bin/python`). Never imports jax.
 
 Shared inputs (the safetensors of `--save-inputs`) are handed to LeRobot as its .npz of ModelInputs fields.
-Python files named in the environment variable PIBRIDGE_LEROBOT_PRELOAD (os.pathsep-separated) run first: tests
-use it for tests/lerobot/tiny_patch.py, which lets LeRobot build the tiny variants.
+An OUT of a tiny variant (converted with --allow-tiny) gets pibridge.parity.lerobot_tiny applied first (recorded in
+the trace as lerobot_tiny_patch). Python files named in the environment variable PIBRIDGE_LEROBOT_PRELOAD
+(os.pathsep-separated) run first too. --precision must match OUT's runtime dtype: LeRobot computes in config.json's
+`dtype`, so any other precision is refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
 from pibridge.parity.capture import CaptureRequest, load_model_inputs
 from pibridge.parity.stages import Stage
@@ -23,15 +26,33 @@ from pibridge.parity.stages import Stage
 PRELOAD_ENV = "PIBRIDGE_LEROBOT_PRELOAD"
 
 
+def check_precision(prov: dict, precision: str, out: Path) -> None:
+    """LeRobot runs in OUT's config.json dtype: refuse a --precision that says otherwise."""
+    from pibridge.vocab import PRECISION_TOKENS
+
+    runtime = (prov.get("target") or {}).get("runtime_dtype") or "float32"
+    if PRECISION_TOKENS.get(runtime, runtime) != precision:
+        raise PibridgeError(f"--precision {precision} with the real LeRobot stack, but {out} computes in {runtime} "
+                            "(config.json `dtype`, which LeRobot follows)",
+                            f"--precision {runtime} for this OUT",
+                            f"pass --precision {runtime}, or convert again with --runtime-dtype "
+                            f"{'bfloat16' if precision == 'bf16' else 'float32'} for the other precision")
+
+
 def capture_lerobot_stack(req: CaptureRequest) -> tuple[list[Stage], dict]:
     from pibridge.convert.convert import load_provenance
+    from pibridge.parity import lerobot_tiny
     from pibridge.parity.lerobot_stack import capture_lerobot
     from pibridge.parity.observation import load_observation
     from pibridge.parity.trace import read_trace
 
+    prov, obs = load_provenance(req.lerobot), load_observation(req.obs)
+    check_precision(prov, req.precision, req.lerobot)
+    tiny = lerobot_tiny.needed(prov)
+    if tiny:
+        lerobot_tiny.apply()
     for f in filter(None, os.environ.get(PRELOAD_ENV, "").split(os.pathsep)):
         runpy.run_path(f, run_name="__pibridge_preload__")
-    prov, obs = load_provenance(req.lerobot), load_observation(req.obs)
     with tempfile.TemporaryDirectory() as tmp:
         npz = None
         if req.shared_inputs is not None:
@@ -50,5 +71,7 @@ def capture_lerobot_stack(req: CaptureRequest) -> tuple[list[Stage], dict]:
                 checkpoint={"path": str(req.lerobot), "fingerprint": prov["source"]["fingerprint"],
                             "variant": prov["variant"], "target": prov.get("target")},
                 observation={"path": str(req.obs), "fingerprint": obs.fingerprint(), "batch": obs.batch},
-                preprocessing={"kind": "lerobot-real"})
+                preprocessing={"kind": "lerobot-real"},
+                lerobot_tiny_patch="pibridge.parity.lerobot_tiny (tiny variant: LeRobot config values patched)"
+                if tiny else None)
     return stages, meta

@@ -15,21 +15,48 @@ def _fmt(x: float | None, spec: str) -> str:
     return "" if x is None else format(x, spec)
 
 
-def comparison_table(c: Comparison, title: str = "parity"):
+COLUMNS = ("stage", "status", "cosine", "max-abs", "mean-abs", "rel-L2", "worst index: a / b", "tolerance")
+# what a narrower terminal drops first (the HTML / JSON reports keep every column)
+_DROP_ORDER = ("worst index: a / b", "mean-abs", "tolerance", "rel-L2")
+_MIN_WIDTH = {"stage": 24, "status": 8, "cosine": 10, "max-abs": 10, "mean-abs": 10, "rel-L2": 10,
+              "worst index: a / b": 30, "tolerance": 24}
+
+
+def columns_for(width: int | None) -> tuple[str, ...]:
+    """The table columns that fit a terminal of this width (None: all)."""
+    cols = list(COLUMNS)
+    for drop in _DROP_ORDER:
+        if width is None or sum(_MIN_WIDTH[c] + 3 for c in cols) <= width:
+            break
+        cols.remove(drop)
+    return tuple(cols)
+
+
+def comparison_table(c: Comparison, title: str = "parity", width: int | None = None, only_failing: bool = False):
+    """width: the terminal's (drops the least needed columns to fit); only_failing: failed stages and the first
+    divergence only (with a count of the rows left out)."""
     from rich.table import Table
 
-    t = Table(title=f"{title} ({c.precision})", header_style="bold")
-    for col in ("stage", "status", "cosine", "max-abs", "mean-abs", "rel-L2", "worst index: a / b", "tolerance"):
-        t.add_column(col, justify="left" if col in ("stage", "status", "worst index: a / b") else "right")
+    cols = columns_for(width)
     first = c.first_diverging
-    for r in c.results:
+    shown = [r for r in c.results if not only_failing or r.failed or r.status == "no-rule"]
+    left_out = len(c.results) - len(shown)
+    caption = f"{left_out} passing / skipped stages not shown (--only-failing)" if only_failing else None
+    t = Table(title=f"{title} ({c.precision})", header_style="bold", caption=caption)
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("stage", "status", "worst index: a / b") else "right",
+                     overflow="fold")
+    for r in shown:
         m = r.metrics
-        worst = "" if m is None else f"{list(m.worst_index)}: {m.worst_a:.6g} / {m.worst_b:.6g}"
         tol = "" if r.rule is None else f"<= {r.rule.max_abs:.1e}, cos >= {r.rule.min_cosine}"
         name = f"{r.name}  <- first divergence" if first is not None and r.name == first.name else r.name
         status = r.status + (f" ({r.note})" if r.note and r.status != "no-rule" else "")
-        t.add_row(name, f"[{_STYLE.get(r.status, '')}]{status}[/]", _fmt(m and m.cosine, ".7f"),
-                  _fmt(m and m.max_abs, ".3e"), _fmt(m and m.mean_abs, ".3e"), _fmt(m and m.rel_l2, ".3e"), worst, tol)
+        cells = {"stage": name, "status": f"[{_STYLE.get(r.status, '')}]{status}[/]",
+                 "cosine": _fmt(m and m.cosine, ".7f"), "max-abs": _fmt(m and m.max_abs, ".3e"),
+                 "mean-abs": _fmt(m and m.mean_abs, ".3e"), "rel-L2": _fmt(m and m.rel_l2, ".3e"),
+                 "worst index: a / b": "" if m is None else f"{list(m.worst_index)}: {m.worst_a:.6g} / {m.worst_b:.6g}",
+                 "tolerance": tol}
+        t.add_row(*(cells[col] for col in cols))
     return t
 
 
@@ -66,7 +93,7 @@ def comparison_json(c: Comparison, **extra) -> str:
 
 # --- bf16 allowance (pibridge/parity/allowance.py): CAND vs REF judged against BASE vs REF -----------------------
 
-def allowance_table(c, title: str = "bf16 allowance"):
+def allowance_table(c, title: str = "bf16 allowance", only_failing: bool = False):
     """c: allowance.AllowanceComparison."""
     from rich.table import Table
 
@@ -77,7 +104,7 @@ def allowance_table(c, title: str = "bf16 allowance"):
                 "k, floor"):
         t.add_column(col, justify="left" if col in ("stage", "status") else "right")
     first = c.first_diverging
-    for r in c.results:
+    for r in [r for r in c.results if not only_failing or r.failed or r.status == "no-rule"]:
         e, lim = r.errors, r.limits()
         name = f"{r.name}  <- first divergence" if first is not None and r.name == first.name else r.name
         status = r.status + (f" ({r.note})" if r.note and r.status != "no-rule" else "")

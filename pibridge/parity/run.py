@@ -82,7 +82,8 @@ def _timing_notes(a: Trace, b: Trace) -> list[str]:
                      f"checkpoint {str((m.get('checkpoint') or {}).get('fingerprint'))[:23]}, "
                      f"observation {(m.get('observation') or {}).get('fingerprint')}; model {tm.get('sample_s')} s, "
                      f"capture {tm.get('capture_s')} s, peak RSS {tm.get('peak_rss_mb')} MB; "
-                     f"fixes {fixes or 'none'}; {pk}")
+                     f"fixes {fixes or 'none'}; {pk}" + (f"; {m['lerobot_tiny_patch']}" if m.get("lerobot_tiny_patch")
+                                                        else ""))
     fa = (a.meta.get("checkpoint") or {}).get("fingerprint")
     fb = (b.meta.get("checkpoint") or {}).get("fingerprint")
     if fa and fb and fa != fb:
@@ -100,46 +101,63 @@ def _console():
     return probe if probe.is_terminal else Console(width=200)  # logs and CI: keep the table's columns readable
 
 
+VIEWS = ("full", "summary", "only-failing")
+
+
+def _actions(t: Trace):
+    from pibridge.parity import stages as st
+
+    s = t.stages.get(st.ACTIONS_UNNORMALIZED) or t.stages.get(st.ACTIONS)
+    return None if s is None else s.value
+
+
 def report(c: Comparison, a: Trace, b: Trace, *, title: str, json_out: Path | None, html_out: Path | None,
-           pre: PreprocessingParity | None = None, console=None) -> None:
-    """Terminal table + summary (+ preprocessing section), and the JSON / HTML files when asked for."""
+           pre: PreprocessingParity | None = None, console=None, notes: list[str] = (), view: str = "full") -> None:
+    """Terminal (view: full table, summary = the verdict only, only-failing rows), JSON and HTML, all from the same
+    comparison and verdict."""
     from rich.table import Table
 
     from pibridge.parity.report import comparison_json, comparison_table, summary_lines
-    from pibridge.parity.report_html import comparison_html
+    from pibridge.parity.report_html import comparison_html, fused_note
+    from pibridge.parity.verdict import trace_conditions, verdict
 
     console = console or _console()
     label_a, label_b = (f"{t.meta.get('stack')} ({t.meta.get('precision')})" for t in (a, b))
-    notes = _timing_notes(a, b)
-    console.print(comparison_table(c, title=title))
-    if pre is not None and pre.checks:
+    fixes, shared = trace_conditions(a, b)
+    v = verdict(c, fixes=fixes, shared=shared, precision=c.precision,
+                mixed_precision=a.meta.get("precision") != b.meta.get("precision"))
+    notes = list(notes) + _timing_notes(a, b) + [n for n in [fused_note(c.results, label_a, label_b)] if n]
+    width = console.width if console.is_terminal else None
+    if view == "full" or (view == "only-failing" and not c.passed):
+        console.print(comparison_table(c, title=title, width=width, only_failing=view == "only-failing"))
+    if pre is not None and pre.checks and view == "full":
         t = Table(title="preprocessing parity (reported separately, not part of pass/fail)", header_style="bold")
         for col in ("check", "result", "detail"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")
         for row in pre.rows():
             t.add_row(*row)
         console.print(t)
-    for line in notes + summary_lines(c):
-        console.print(line, highlight=False)
-    extra = {"notes": notes, "preprocessing": [asdict(x) for x in pre.checks] if pre else []}
+    for line in (notes if view == "full" else []) + summary_lines(c) + v.lines()[1:]:
+        console.print(line, highlight=False, soft_wrap=width is None)
+    extra = {"notes": notes, "preprocessing": [asdict(x) for x in pre.checks] if pre else [], "verdict": v.to_dict()}
     if json_out:
         Path(json_out).write_text(comparison_json(c, **extra))
         console.print(f"JSON report: {json_out}")
     if html_out:
         tables = [("preprocessing parity (reported separately)", ["check", "result", "detail"], pre.rows())] \
-            if pre else []
+            if pre and pre.checks else []
         Path(html_out).write_text(comparison_html(c, title=title, label_a=label_a, label_b=label_b, notes=notes,
-                                                  tables=tables))
+                                                  tables=tables, verdict=v, actions=(_actions(a), _actions(b))))
         console.print(f"HTML report: {Path(html_out).resolve()}")
 
 
 def compare_command(a: Path, b: Path, *, tolerances: Path | None = None, json_out: Path | None = None,
-                    html_out: Path | None = None, console=None) -> Comparison:
+                    html_out: Path | None = None, console=None, view: str = "full") -> Comparison:
     """`pibridge parity compare A B`: ParityFailure (exit 1) when a stage breaks its tolerance."""
     ta, tb = read_trace(a), read_trace(b)
     c = compare(ta, tb, _rules(tolerances))
     report(c, ta, tb, title=f"parity {Path(a).name} vs {Path(b).name}", json_out=json_out, html_out=html_out,
-           pre=preprocessing_parity(ta.meta, tb.meta), console=console)
+           pre=preprocessing_parity(ta.meta, tb.meta), console=console, view=view)
     _raise_on_failure(c)
     return c
 
@@ -167,10 +185,11 @@ class RunRequest:
     tokenizer: Path | None = None
     tolerances: Path | None = None
     jax_python: str = sys.executable
-    torch_python: str = sys.executable
+    torch_python: str | None = None  # None: this interpreter; for the lerobot stack see lerobot_python()
     html: Path | None = None
     json: Path | None = None
     workdir: Path | None = None
+    view: str = "full"  # terminal: full | summary | only-failing (report())
 
 
 @dataclass(frozen=True)
@@ -197,7 +216,11 @@ def capture_argv(python: str, stack: str, obs: Path, out: Path, **opts) -> list[
 def _run_capture(argv: list[str], side: str, console) -> float:
     console.print(f"[dim]$ {' '.join(argv)}[/]", highlight=False)
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = _with_progress(argv, console) if console.is_terminal else subprocess.run(argv, capture_output=True, text=True)
+    own = (proc.stderr or "").partition("pibridge: error: ")[2].strip()
+    if proc.returncode == 2 and own:  # the capture refused with its own message (bad input, a missing extra)
+        raise PibridgeError(f"the {side} capture ({argv[0]}) stopped:\n  " + own.replace("\n", "\n  "), "",
+                            "fix that, or run the printed command alone")
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
         raise PibridgeError(f"the {side} capture failed (exit {proc.returncode}):\n{tail}",
@@ -206,16 +229,91 @@ def _run_capture(argv: list[str], side: str, console) -> float:
     return time.perf_counter() - t0
 
 
+LEROBOT_PYTHON_ENV = "PIBRIDGE_LEROBOT_PYTHON"
+LEROBOT_VENV = Path(".venvs") / "lr-0.6.1" / "bin" / "python"  # what `make lerobot-env` builds
+
+
+def lerobot_python(given: str | None) -> str:
+    """The interpreter of the LeRobot environment: --torch-python, else $PIBRIDGE_LEROBOT_PYTHON, else the venv
+    `make lerobot-env` built (in the current directory or this checkout); it must import lerobot and pibridge."""
+    import os
+
+    candidates = [given] if given else [os.environ.get(LEROBOT_PYTHON_ENV)] if os.environ.get(LEROBOT_PYTHON_ENV) \
+        else [str(root / LEROBOT_VENV) for root in (Path.cwd(), Path(__file__).resolve().parents[2])
+              if (root / LEROBOT_VENV).is_file()][:1]
+    how = ("--torch-python PATH (a Python 3.12 env with lerobot[pi] and pibridge), or set "
+           f"{LEROBOT_PYTHON_ENV}=PATH, or build one with `make lerobot-env` (.venvs/lr-0.6.1)")
+    if not candidates:
+        raise PibridgeError("--torch-stack lerobot, but no LeRobot environment found (no --torch-python, no "
+                            f"{LEROBOT_PYTHON_ENV}, no {LEROBOT_VENV})", "the interpreter of a LeRobot environment", how)
+    py = candidates[0]
+    probe = "import importlib.util as u, sys; sys.exit(sum(2 ** i for i, m in enumerate(('lerobot', 'pibridge')) " \
+            "if u.find_spec(m) is None))"
+    try:
+        rc = subprocess.run([py, "-c", probe], capture_output=True, timeout=120).returncode
+    except OSError as err:
+        raise PibridgeError(f"LeRobot interpreter {py}: {err.strerror or err}", "an executable Python", how) from None
+    if rc:
+        lacks = " and ".join(m for i, m in enumerate(("lerobot", "pibridge")) if rc & 2 ** i) or f"(exit {rc})"
+        raise PibridgeError(f"LeRobot interpreter {py} cannot import {lacks}", "lerobot[pi] and pibridge installed there",
+                            "pip install 'lerobot[pi]' pibridge into that env (pibridge --no-deps is enough), or " + how)
+    return py
+
+
+def comparison_note(req: RunRequest) -> str:
+    """Which question this run answers (printed and recorded in the report's notes)."""
+    if req.shared_preprocessing:
+        return ("comparison: shared preprocessing (both models get OpenPI's preprocessed tensors): answers 'is the "
+                "conversion right?' -- every model stage is free of preprocessing differences")
+    other = "LeRobot's own processors" if req.torch_stack == "lerobot" else f"LeRobot-style preprocessing (resize {req.resize})"
+    return (f"comparison: each stack's own preprocessing (OpenPI's vs {other}): answers 'does the deployed policy act "
+            "like OpenPI?'; resize differences show from img/embed on. To check the conversion alone, run again with "
+            "--shared-preprocessing")
+
+
+def _with_progress(argv: list[str], console) -> subprocess.CompletedProcess:
+    """Run a capture, showing its progress lines (pibridge.parity.progress) as one status line on this terminal."""
+    import os
+
+    from pibridge.parity.progress import ENV, PREFIX
+
+    with tempfile.TemporaryFile("w+") as out, console.status(f"{argv[argv.index('--stack') + 1]}: starting") as status:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, text=True, env={**os.environ, ENV: "1"})
+        err = []
+        for line in proc.stderr:
+            if line.startswith(PREFIX):
+                status.update(line[len(PREFIX):].strip())
+            else:
+                err.append(line)
+        rc = proc.wait()
+        out.seek(0)
+        return subprocess.CompletedProcess(argv, rc, out.read(), "".join(err))
+
+
 def run(req: RunRequest, console=None) -> RunResult:
     """Capture both stacks in subprocesses, compare, report; ParityFailure when a model stage diverges."""
     from pibridge.parity.capture import obs_command
     from pibridge.parity.lerobot_preprocess import default_tokenizer_path
 
+    from dataclasses import replace
+
+    from pibridge.vocab import precision_token
+
     console = console or _console()
+    req = replace(req, precision=precision_token(req.precision))  # bfloat16 / bf16 -> the policy token
     if req.torch_stack not in TORCH_STACKS:
         raise PibridgeError(f"--torch-stack {req.torch_stack}", f"one of {', '.join(TORCH_STACKS)}",
                             "pass --torch-stack ours")
     rules = _rules(req.tolerances)  # fail early on a bad tolerance file
+    torch_python = req.torch_python or sys.executable
+    if req.torch_stack == "lerobot":  # before the JAX capture: its environment, and a precision it can honour
+        from pibridge.convert.convert import load_provenance
+        from pibridge.parity.lerobot_capture import check_precision
+
+        check_precision(load_provenance(req.lerobot), req.precision, req.lerobot)
+        torch_python = lerobot_python(req.torch_python)
+    note = comparison_note(req)
+    console.print(note, highlight=False)
     work = Path(req.workdir or tempfile.mkdtemp(prefix="pibridge-parity-"))
     work.mkdir(parents=True, exist_ok=True)
     obs = req.obs
@@ -226,9 +324,9 @@ def run(req: RunRequest, console=None) -> RunResult:
     inputs = work / "inputs.safetensors" if req.shared_preprocessing else None
     jt, tt = work / "jax.trace.safetensors", work / f"{req.torch_stack}.trace.safetensors"
     common = {"precision": req.precision, "steps": req.steps, "tokenizer": tok}
-    sec = {"jax": _run_capture(capture_argv(req.jax_python, "jax", obs, jt, ckpt=req.openpi, profile=req.lerobot,
+    sec = {"jax": _run_capture(capture_argv(req.jax_python, "jax", obs, jt, openpi=req.openpi, profile=req.lerobot,
                                             save_inputs=inputs, **common), "jax", console)}
-    sec["torch"] = _run_capture(capture_argv(req.torch_python, TORCH_STACKS[req.torch_stack], obs, tt,
+    sec["torch"] = _run_capture(capture_argv(torch_python, TORCH_STACKS[req.torch_stack], obs, tt,
                                              lerobot=req.lerobot, shared_inputs=inputs, resize=req.resize,
                                              no_fixes=not req.fixes, **common), req.torch_stack, console)
     ta, tb = read_trace(jt), read_trace(tt)
@@ -237,7 +335,7 @@ def run(req: RunRequest, console=None) -> RunResult:
     mode = "shared preprocessing" if req.shared_preprocessing else \
         "LeRobot's own processors" if req.torch_stack == "lerobot" else f"torch side resize {req.resize}"
     report(c, ta, tb, title=f"pibridge parity: OpenPI JAX vs {req.torch_stack} torch, {mode}", json_out=req.json,
-           html_out=req.html, pre=pre, console=console)
+           html_out=req.html, pre=pre, console=console, notes=[note], view=req.view)
     console.print(f"traces: {jt}, {tt}; capture wall time jax {sec['jax']:.1f} s, torch {sec['torch']:.1f} s",
                   highlight=False)
     _raise_on_failure(c)
@@ -261,7 +359,8 @@ def _parser():
     c.add_argument("--stack", required=True)
     for name in ("--obs", "--out"):
         c.add_argument(name, type=Path, required=True)
-    for name in ("--ckpt", "--lerobot", "--shared-inputs", "--save-inputs", "--tokenizer"):
+    c.add_argument("--openpi", "--ckpt", dest="ckpt", type=Path)  # --ckpt: the old spelling
+    for name in ("--lerobot", "--shared-inputs", "--save-inputs", "--tokenizer"):
         c.add_argument(name, type=Path)
     c.add_argument("--profile")
     c.add_argument("--precision", default="float32")
@@ -285,7 +384,7 @@ def _parser():
     r.add_argument("--steps", type=int, default=10)
     r.add_argument("--no-fixes", action="store_true")
     r.add_argument("--jax-python", default=sys.executable)
-    r.add_argument("--torch-python", default=sys.executable)
+    r.add_argument("--torch-python", default=None)
     return p
 
 
@@ -313,6 +412,14 @@ def main(argv: list[str] | None = None) -> None:
     except PibridgeError as err:
         print(f"pibridge: error: {err.render()}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except ImportError as err:  # an optional dependency missing in this side's interpreter: name the extra
+        from pibridge.errors import missing_dependency
+
+        bad = missing_dependency(err, f"`python -m {CAPTURE_MODULE} {a.cmd}`")
+        if bad is None:
+            raise
+        print(f"pibridge: error: {bad.render()}", file=sys.stderr)
+        sys.exit(bad.exit_code)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ class Stage:
 class StageRecorder:
     """Ordered name -> Stage store. Names must belong to the vocabulary; each name is recorded once."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_record=None) -> None:
         self._stages: dict[str, Stage] = {}
+        self._on_record = on_record  # called with each recorded name (progress display)
 
     def record(self, name: str, value, valid=None, seconds: float = 0.0) -> None:
         if not is_stage_name(name):
@@ -140,6 +141,8 @@ class StageRecorder:
             raise PibridgeError(f"validity mask {mask.shape} of stage {name!r}",
                                 expected=f"a shape broadcastable to {array.shape}", fix="report a bug")
         self._stages[name] = Stage(name, array, mask, float(seconds))
+        if self._on_record is not None:
+            self._on_record(name)
 
     def __getitem__(self, name: str) -> Stage:
         return self._stages[name]

@@ -56,6 +56,10 @@ def capture_torch(req: CaptureRequest) -> tuple[StageRecorder, dict]:
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (DESIGN "Parity")
     torch.backends.cudnn.allow_tf32 = False
+    from pibridge.parity.progress import Progress
+
+    prog = Progress(req.stack, req.steps)
+    prog.phase("read OUT")
     t0 = time.perf_counter()
     files = lp.load_lerobot_files(req.lerobot)
     prov = files.provenance
@@ -64,20 +68,23 @@ def capture_torch(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     obs = load_observation(req.obs)
     _check_horizon(obs, files)
     t1 = time.perf_counter()
+    prog.phase("preprocess")
     tok_path = req.tokenizer or lp.default_tokenizer_path(req.lerobot)
     pre = lp.preprocess(obs, files, load_tokenizer(tok_path) if tok_path else None, req.resize)  # always: recorded
     inputs = pre.inputs if req.shared_inputs is None else load_model_inputs(req.shared_inputs)
     if req.save_inputs is not None:
         save_model_inputs(req.save_inputs, inputs)
     t2 = time.perf_counter()
+    prog.phase("load weights")
     policy = load_policy(Path(req.lerobot), variant, runtime)
     fixes = apply_runtime_fixes(policy, runtime_dtype=runtime, lerobot_version=lerobot_version) if req.fixes else {}
     t3 = time.perf_counter()
-    rec = StageRecorder()
+    rec = StageRecorder(on_record=prog.on_record)
     semantics = "0.5" if lerobot_version.startswith("0.5") else "0.6"
     actions = sample_actions(policy, inputs, obs.noise, num_steps=req.steps, recorder=rec, semantics=semantics)
     t4 = time.perf_counter()
     rec.record(st.ACTIONS_UNNORMALIZED, lp.unnormalize_actions(actions, files), seconds=time.perf_counter() - t4)
+    prog.done()
     meta = {
         "packages": package_versions("torch", "transformers", "safetensors", "sentencepiece"),
         "checkpoint": {"path": str(req.lerobot), "fingerprint": prov["source"]["fingerprint"],

@@ -283,8 +283,9 @@ CASES: tuple[Case, ...] = (
          ("convert", "ck", "ck/out") + CONVERT[3:], 2, ("is inside the checkpoint",)),
     Case("out-is-file", "output", "OUT is an existing file, --force", lambda s, d: (ck()(s, d), file_named("out")(s, d)),
          CONVERT + ("--force",), 2, ("exists and is not a directory",)),
-    Case("debug-shows-traceback", "output", "--debug: the same refusal re-raised with its traceback", nothing,
-         ("--debug",) + CONVERT, 1, ("Traceback", "PibridgeError", "ck does not exist"), traceback=True),
+    Case("debug-shows-traceback", "output", "--debug (anywhere on the line): the same refusal, its traceback, the same exit code",
+         nothing, CONVERT[:1] + ("--debug",) + CONVERT[1:], 2, ("Traceback", "PibridgeError", "ck does not exist"),
+         traceback=True),
     # parity
     Case("compare-disjoint-stages", "parity", "traces without a common stage",
          traces(B.trace_stages((st.INPUT_STATE,)), B.trace_stages((st.ACTIONS,))), COMPARE, 2, ("share no stage",)),

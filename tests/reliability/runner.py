@@ -77,7 +77,7 @@ def _check(case: Case, proc: subprocess.CompletedProcess, before: dict, after: d
     if case.exit_code in (1, 2) and not case.traceback:
         if len(errors) != 1 or "\nexpected: " not in proc.stderr or "\nwhat to do: " not in proc.stderr:
             problems.append(f"not one message with found / expected / what to do ({len(errors)} error lines)")
-    elif errors:
+    elif errors and not (case.traceback and len(errors) == 1):  # --debug: the traceback, then the one message
         problems.append(f"unexpected error message: {errors[0]}")
     problems += _written_problems(case, before, after, d)
     return problems
