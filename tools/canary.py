@@ -13,7 +13,7 @@ each run:
    ~3 GB CUDA build): the project venv's CPU torch (3.11) or the shared .venvs/_torch (3.12, as
    tools/lerobot_env.sh) through a .pth, unless --newest-torch;
 4. checks: the JAX stack on the installed jax / flax reproduces the goldens (the matrix's golden cases, judged by
-   matrix.judge) and the torch stack on the installed transformers matches them (fixes on, float32 and bf16);
+   the golden rules, pibridge/parity/golden_rules.py: the measured host spread) and the torch stack on the installed transformers matches them (fixes on, float32 and bf16);
 5. same host, newest vs pinned: the JAX-stack traces of the canary venv against those of the project venv's jax on
    this machine (stages bit-equal, the first that differs, the largest error): a release that moves a number shows
    here even where a tolerance passes it, and a host difference cannot (both run here).
@@ -322,12 +322,27 @@ def check_jax(cases: dict[str, Path], traces: Path | None = None) -> list[dict]:
             rec = StageRecorder()
             run_policy(params, variant, inputs, noise, precision=precision, num_steps=num_steps, record=rec)
             res = matrix.judge(refs[precision], Trace({s.name: s for s in rec}, {"precision": precision}), dtype)
+            if meta.get("golden"):  # the JAX stack is judged by the golden rules (host spread), not tolerances.json
+                res |= golden_verdict(f"{name}-{precision}", refs[precision], list(rec))
             if traces is not None:
                 traces.mkdir(parents=True, exist_ok=True)
                 write_trace(traces / f"{name}-{precision}.safetensors", rec,
                             {"stack": "jax", "precision": precision, "jax": jax.__version__})
             rows.append({"check": "jax vs reference", "variant": name, "dtype": dtype, **res})
     return rows
+
+
+def golden_verdict(case: str, golden, stages) -> dict:
+    """pibridge/parity/golden_rules.py on one case: pass, first failing stage, the worst error / limit, and the
+    mismatch report (both hosts, error as a multiple of the host spread)."""
+    from pibridge.parity.golden_rules import check_golden
+    from pibridge.parity.hostinfo import host_info
+
+    r = check_golden(case, golden, stages, today_host=host_info())
+    worst = max(r.rows, key=lambda x: max(x.errors[m] / x.limits.limit[m] for m in x.errors))
+    ratio = max(worst.errors[m] / worst.limits.limit[m] for m in worst.errors)
+    return {"pass": r.passed, "rule": "golden_rules.json", "first_failing": r.first_failure and r.first_failure.name,
+            "worst_ratio": [worst.name, ratio], "golden_explain": r.explain(limit=3)}
 
 
 def check_torch(cases: dict[str, Path]) -> list[dict]:
@@ -444,6 +459,17 @@ def section(version: str, r: dict) -> list[str]:
         lines.append(f"| {row['check']} | {row['variant']} | {row['dtype']} | {row['worst_stage']} "
                      f"{row['worst_cosine']:.7f} | {row['actions_cosine']:.7f} / {row['actions_max_abs']:.2e} | "
                      f"{'PASS' if row['pass'] else 'FAIL'} |")
+    explained = [row for row in r["rows"] if row.get("golden_explain")]
+    if explained:
+        lines += ["", "JAX stack against the goldens under pibridge/configs/golden_rules.json (limit = multiple x the "
+                  "measured host spread per stage): worst error / limit per case, and the mismatch report where one "
+                  "fails.", ""]
+        for row in explained:
+            stage, ratio = row["worst_ratio"]
+            lines.append(f"- {row['variant']} {row['dtype']}: {'PASS' if row['pass'] else 'FAIL'}, worst {stage} at "
+                         f"{ratio:.2f} x its limit")
+            if not row["pass"]:
+                lines += ["", "      " + row["golden_explain"].replace("\n", "\n      "), ""]
     if r.get("same_host"):
         lines += ["", "Same host: the JAX stack on this venv's jax against the project venv's pinned jax, same machine "
                   "(information: any number a release moves shows here, whatever the tolerance says).", "",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -120,8 +121,10 @@ def make_case(variant, dest: Path, *, seed: int = 0, sharp: float = 1.8) -> Path
 def make_golden_case(name: str, dest: Path, golden_dir: Path = GOLDEN_DIR) -> Path:
     """dest/out converted from the golden's own synthetic checkpoint (pibridge/parity/goldens.py); the
     references are the golden traces themselves (checkpoint fingerprint checked)."""
-    if (dest / CASE_STAMP).is_file():
+    stamp = dest / CASE_STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()).get("golden") == str(golden_dir):
         return dest
+    shutil.rmtree(dest, ignore_errors=True)  # none yet, or made from another golden set: rebuild
     import io
 
     from rich.console import Console
