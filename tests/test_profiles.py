@@ -20,7 +20,7 @@ OPENPI_SRC = Path(os.environ.get("PIBRIDGE_OPENPI_SRC", "/work/openpi-src"))
 OPENPI_COMMIT = "15a9616a00943ada6c20a0f158e3adb39df2ccac"
 # Fields every profile must cite when they have a value.
 CITED = ["model", "action_horizon", "max_token_len", "discrete_state_input", "state_dim", "action_dim", "cameras",
-         "delta_action_mask", "norm", "asset_id", "default_prompt", "adapt_to_pi"]
+         "delta_action_mask", "norm", "asset_id", "default_prompt", "adapt_to_pi", "robot"]
 
 
 def test_required_profiles_exist_and_load():

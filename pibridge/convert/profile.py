@@ -45,7 +45,9 @@ FLAGS: dict[str, str] = {
     "default_prompt": "--default-prompt",
     "adapt_to_pi": "--adapt-to-pi/--no-adapt-to-pi",
     "norm": "--norm",
+    "robot": "--robot",
 }
+ROBOTS = ("aloha", "droid", "libero", "none")  # the robot transforms of policies/*_policy.py (pibridge.hostx)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Profile:
     asset_id: str | None  # assets/<asset_id>/norm_stats.json (may be nested: a/b)
     default_prompt: str | None
     adapt_to_pi: bool | None  # aloha joint flip + gripper conversion (aloha_policy.py)
+    robot: str | None = None  # robot family (ROBOTS): AlohaInputs / DroidInputs / LiberoInputs; None = unknown
     openpi_config: str | None = None  # the upstream TrainConfig name, None for base profiles
     note: str = ""
     overrides: tuple[str, ...] = ()  # fields changed by flags (recorded in provenance)
@@ -157,7 +160,7 @@ def profile_from_dict(raw: Mapping[str, Any]) -> Profile:
         cameras=None if cams is None else tuple(_camera(c["slot"], c["source"]) for c in cams),
         delta_action_mask=None if mask is None else tuple(bool(m) for m in mask),
         norm=raw["norm"], asset_id=raw["asset_id"], default_prompt=raw["default_prompt"],
-        adapt_to_pi=raw["adapt_to_pi"], openpi_config=raw.get("openpi_config"), note=raw.get("note", ""),
+        adapt_to_pi=raw["adapt_to_pi"], robot=raw.get("robot"), openpi_config=raw.get("openpi_config"), note=raw.get("note", ""),
         overrides=tuple(raw.get("overrides", ())), sources=raw.get("sources", {}),
     )
     _validate(prof)
@@ -219,6 +222,8 @@ def _validate(p: Profile) -> None:
     problems = []
     if p.model not in MODELS:
         problems.append(f"model {p.model!r} not in {MODELS}")
+    if p.robot is not None and p.robot not in ROBOTS:
+        problems.append(f"robot {p.robot!r} not in {ROBOTS}")
     if p.norm not in NORMS:
         problems.append(f"norm {p.norm!r} not in {NORMS}")
     if p.discrete_state_input and p.model != "pi05":

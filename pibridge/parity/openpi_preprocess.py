@@ -30,6 +30,7 @@ from pibridge.convert import normstats
 from pibridge.convert.normstats import NormStats
 from pibridge.convert.profile import SLOTS, Profile
 from pibridge.errors import PibridgeError
+from pibridge.hostx import absolute_actions, aloha_actions_from_pi, aloha_state_to_pi, clean_prompt, inject_default_prompt
 from pibridge.parity.inputs import ModelInputs
 from pibridge.parity.tokenizer import PAD_ID, SentencePieceTokenizer
 
@@ -138,11 +139,6 @@ def image_to_float(img: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- prompt
-def clean_prompt(prompt: str) -> str:
-    """models/tokenizer.py:23: strip, '_' -> ' ', newline -> ' ' (no lower-casing for pi0 / pi05)."""
-    return prompt.strip().replace("_", " ").replace("\n", " ")
-
-
 def discretize_state(state: np.ndarray) -> np.ndarray:
     """256 bins over [-1, 1) (models/tokenizer.py:26): digitize(x, linspace(-1, 1, 257)[:-1]) - 1.
     x < -1 -> -1; -1 -> 0; 0 -> 128; x >= 0.9921875 (1 - 1/128) -> 255."""
@@ -179,30 +175,6 @@ def pad_tokens(ids: Sequence[int], max_len: int) -> tuple[np.ndarray, np.ndarray
     tokens = ids[:max_len] + [PAD_ID] * max(0, max_len - n)
     mask = [True] * min(n, max_len) + [False] * max(0, max_len - n)
     return np.asarray(tokens, dtype=np.int64), np.asarray(mask, dtype=bool), n > max_len
-
-
-# ---------------------------------------------------------------------------------- aloha adaptation
-# aloha_policy.py:104-202: joint sign flips and gripper conversions between standard Aloha and pi's space.
-_ALOHA_FLIP = np.array([1, -1, -1, 1, 1, 1, 1, 1, -1, -1, 1, 1, 1, 1])  # aloha_policy.py:106
-_ALOHA_GRIPPERS = [6, 13]  # aloha_policy.py:186, :194
-
-
-def aloha_state_to_pi(state: np.ndarray) -> np.ndarray:
-    """(..., 14) standard Aloha state -> pi's space (aloha_policy.py:181-187 with 117-137)."""
-    s = _ALOHA_FLIP * state
-    g = s[..., _ALOHA_GRIPPERS]
-    g = g * (0.05800 - 0.01844) + 0.01844  # linear gripper position, aloha_policy.py:124
-    horn, arm = 0.022, 0.036  # Interbotix constants, aloha_policy.py:132
-    g = np.arcsin(np.clip((horn**2 + g**2 - arm**2) / (2 * horn * g), -1.0, 1.0))  # :128-129
-    s[..., _ALOHA_GRIPPERS] = (g - 0.5476) / (1.6296 - 0.5476)  # :137
-    return s
-
-
-def aloha_actions_from_pi(actions: np.ndarray) -> np.ndarray:
-    """(..., 14) actions in pi's space -> standard Aloha (aloha_policy.py:190-195 with 140-150)."""
-    a = _ALOHA_FLIP * actions
-    a[..., _ALOHA_GRIPPERS] = (a[..., _ALOHA_GRIPPERS] + 0.5476 - -0.6213) / (1.4910 - -0.6213)
-    return a
 
 
 # ------------------------------------------------------------------------------------ whole observation
@@ -345,7 +317,7 @@ def observation_dict(obs: Any) -> dict[str, Any]:
 
 def _prompts(obs: Mapping[str, Any], profile: Profile) -> list[str]:
     """Prompt(s), else the profile's default prompt (InjectDefaultPrompt, transforms.py:104-111)."""
-    prompt = obs.get("prompt", profile.default_prompt)
+    prompt = inject_default_prompt(obs.get("prompt"), profile.default_prompt)
     if prompt is None:  # transforms.py:253-254
         raise PibridgeError("observation has no prompt", expected="a prompt (the profile has no default prompt)",
                             fix="add a prompt to the observation or pass --default-prompt")
@@ -371,10 +343,6 @@ def postprocess_actions(actions: np.ndarray, model_state: np.ndarray, profile: P
     if norm_stats is not None:
         actions = unnormalize(actions, _stats_for(norm_stats, "actions", profile.norm, 0), profile.norm)
         state = unnormalize(state, _stats_for(norm_stats, "state", profile.norm, 0), profile.norm)
-    mask = np.asarray(profile.require("delta_action_mask"), dtype=bool)
-    if mask.size:
-        actions = actions.copy()
-        k = mask.shape[-1]
-        actions[..., :k] += np.expand_dims(np.where(mask, state[..., :k], 0), axis=-2)  # (B, k) -> (B, 1, k)
+    actions = absolute_actions(actions, state, profile.require("delta_action_mask"))
     actions = actions[..., : profile.require("action_dim")]
     return aloha_actions_from_pi(actions) if profile.require("adapt_to_pi") else actions

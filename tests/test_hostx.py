@@ -1,0 +1,110 @@
+"""pibridge.hostx: OpenPI's host transforms, checked against OpenPI's own functions (parsed from the checkout at
+/work/openpi-src, 15a9616; only the pure numpy functions are executed, without OpenPI's dependencies)."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pibridge import hostx
+from pibridge.convert.profile import load_profile, parse_delta_mask, profile_names
+
+OPENPI_SRC = Path(os.environ.get("PIBRIDGE_OPENPI_SRC", "/work/openpi-src"))
+needs_openpi = pytest.mark.skipif(not (OPENPI_SRC / "src/openpi").is_dir(), reason=f"no OpenPI checkout at {OPENPI_SRC}")
+
+
+def upstream_functions(rel: str, names: list[str]) -> dict:
+    """Module-level functions `names` of an OpenPI source file, executed with numpy only."""
+    tree = ast.parse((OPENPI_SRC / rel).read_text())
+    body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert sorted(n.name for n in body) == sorted(names)
+    ns: dict = {"np": np}
+    exec(compile(ast.Module(body=body, type_ignores=[]), rel, "exec"), ns)  # noqa: S102 - upstream test oracle
+    return ns
+
+
+@pytest.fixture(scope="module")
+def aloha():
+    return upstream_functions("src/openpi/policies/aloha_policy.py", [
+        "_joint_flip_mask", "_normalize", "_unnormalize", "_gripper_to_angular", "_gripper_from_angular",
+        "_gripper_from_angular_inv", "_decode_state", "_encode_actions", "_encode_actions_inv"])
+
+
+def _aloha_state(rng):
+    s = rng.uniform(-1.5, 1.5, 14)
+    s[[6, 13]] = rng.uniform(0.05, 0.95, 2)  # linear gripper in [0, 1]
+    return s
+
+
+@needs_openpi
+def test_aloha_adapt_to_pi_equals_openpi(aloha):
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        s = _aloha_state(rng)
+        np.testing.assert_array_equal(hostx.aloha_state_to_pi(s), aloha["_decode_state"](s.copy(), adapt_to_pi=True))
+        a = rng.normal(size=(4, 14))
+        np.testing.assert_array_equal(hostx.aloha_actions_from_pi(a), aloha["_encode_actions"](a.copy(), adapt_to_pi=True))
+        np.testing.assert_array_equal(hostx.aloha_actions_to_pi(a),
+                                      aloha["_encode_actions_inv"](a.copy(), adapt_to_pi=True))
+    a = rng.normal(size=(2, 3, 14))  # batched leading axes, inverse pair
+    np.testing.assert_allclose(hostx.aloha_actions_from_pi(hostx.aloha_actions_to_pi(a)), a, atol=1e-12)
+
+
+@needs_openpi
+def test_delta_mask_notation_equals_make_bool_mask():
+    ns = upstream_functions("src/openpi/transforms.py", ["make_bool_mask"])
+    for dims in ((6, -1, 6, -1), (6, -1), (3, -2, 1)):
+        assert parse_delta_mask(",".join(map(str, dims))) == ns["make_bool_mask"](*dims)
+
+
+def test_absolute_and_delta_actions():
+    rng = np.random.default_rng(1)
+    mask = parse_delta_mask("6,-1,6,-1")
+    actions, state = rng.normal(size=(2, 5, 16)), rng.normal(size=(2, 32))
+    out = hostx.absolute_actions(actions, state, mask)
+    m = np.array(mask)
+    np.testing.assert_array_equal(out[..., :14][..., m], actions[..., :14][..., m] + state[:, None, :14][..., m])
+    np.testing.assert_array_equal(out[..., :14][..., ~m], actions[..., :14][..., ~m])  # grippers absolute
+    np.testing.assert_array_equal(out[..., 14:], actions[..., 14:])  # past the mask: untouched
+    np.testing.assert_allclose(hostx.delta_actions(out, state, mask), actions, atol=1e-12)
+    np.testing.assert_array_equal(hostx.absolute_actions(actions, state, ()), actions)
+
+
+def test_prompt_cleaning_and_default():
+    assert hostx.clean_prompt("  put_the_black_bowl on the\nplate ") == "put the black bowl on the plate"
+    assert hostx.inject_default_prompt(None, "Transfer cube") == "Transfer cube"
+    assert hostx.inject_default_prompt("", "Transfer cube") == ""  # only an absent prompt is replaced
+    assert hostx.inject_default_prompt(None, None) is None
+
+
+def test_droid_state_assembly():
+    np.testing.assert_array_equal(hostx.droid_state(np.arange(7.0), np.float64(0.5)), [0, 1, 2, 3, 4, 5, 6, 0.5])
+    assert hostx.droid_state(np.zeros(7), np.ones(1)).shape == (8,)
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_action_names_give_openpi_mask(name):
+    p = load_profile(name)
+    if p.delta_action_mask is None or p.action_dim is None:
+        pytest.skip("base profile: mask given by flag")
+    names = hostx.action_names(p.delta_action_mask, p.action_dim, p.robot)
+    full = list(p.delta_action_mask) + [False] * (p.action_dim - len(p.delta_action_mask))
+    assert len(names) == p.action_dim and hostx.lerobot_mask(names, [hostx.EXCLUDE_TOKEN]) == full
+    if p.robot == "aloha" and p.delta_action_mask:
+        assert names[6] == "left_gripper" and names[13] == "right_gripper"
+
+
+def test_profiles_carry_robot_family():
+    assert {n: load_profile(n).robot for n in ("pi05_aloha", "pi0_droid", "pi0_libero", "pi05_base")} == {
+        "pi05_aloha": "aloha", "pi0_droid": "droid", "pi0_libero": "libero", "pi05_base": None}
+
+
+def test_unknown_robot_family_is_refused():
+    from pibridge.errors import PibridgeError
+
+    with pytest.raises(PibridgeError, match="robot 'ur5' not in"):
+        load_profile("pi05_base").with_overrides(robot="ur5")
