@@ -48,7 +48,8 @@ def test_convert_writes_a_complete_lerobot_dir_and_round_trips(ckpts, tmp_path, 
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["config.json", "model.safetensors", "pibridge.json", "policy_preprocessor.json",
                             "policy_postprocessor.json", "policy_postprocessor_step_0_unnormalizer_processor.safetensors",
-                            f"policy_preprocessor_step_{3 if variant == 'tiny-pi05' else 6}_normalizer_processor.safetensors"])
+                            # pi0_droid: pibridge_prompt_clean before the newline step moves the normalizer from 6 to 7
+                            f"policy_preprocessor_step_{3 if variant == 'tiny-pi05' else 7}_normalizer_processor.safetensors"])
     ck = open_checkpoint(ckpts[variant])
     assert rec["source"]["fingerprint"] == ck.synth_record["fingerprint"]  # streamed fingerprint == synth's
     cfg = json.loads((out / "config.json").read_text())
@@ -133,8 +134,10 @@ def test_existing_output_needs_force_and_is_replaced_whole(ckpts, tmp_path):
 
 def test_pi05_without_discrete_state_gets_openpi_prompt_without_state(ckpts, tmp_path):
     rec = convert(_req(ckpts["tiny-pi05"], tmp_path / "out", overrides={"discrete_state_input": False}))
-    steps = [s["registry_name"] for s in json.loads((tmp_path / "out" / "policy_preprocessor.json").read_text())["steps"]]
+    steps = [s.get("registry_name") or s["class"]
+             for s in json.loads((tmp_path / "out" / "policy_preprocessor.json").read_text())["steps"]]
     assert "pi05_prepare_state_tokenizer_processor_step" not in steps and "pi0_new_line_processor" in steps
+    assert steps.index("lerobot_policy_pibridge.steps.PromptCleanStep") < steps.index("pi0_new_line_processor")
     assert rec["prompt_format"] == "openpi-no-state"
 
 

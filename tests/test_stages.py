@@ -42,7 +42,7 @@ def test_stage_order_layout():
     assert names[17] == "suffix/time"
     assert names[18:21] == ["expert/step00/block00", "expert/step00/block01", "velocity/step00"]
     assert names[-1] == "actions" and len(names) == len(set(names)) == 25
-    assert st.stage_order(1, 2, 2, unnormalized=True)[-1] == "actions/unnormalized"
+    assert st.stage_order(1, 2, 2, unnormalized=True)[-2:] == ["actions/unnormalized", "actions/robot"]
 
 
 def test_recorder_keeps_order_values_masks_and_times():

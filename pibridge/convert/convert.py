@@ -25,13 +25,14 @@ from pibridge.convert.fixtable import applicable_fixes, parse_version
 from pibridge.convert.folds import FOLD_ID, fold_bf16_param
 from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
-from pibridge.convert.lerobot_processors import build_processor_jsons
+from pibridge.convert.lerobot_processors import HostSteps, build_processor_jsons
 from pibridge.convert.openpi_torch import OpenPITorchCheckpoint, is_openpi_torch_dir
 from pibridge.convert.plan import ConversionPlan, iter_tensors, plan_conversion
 from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
 from pibridge.convert.safetensors_writer import SafetensorsWriter, spec
 from pibridge.errors import PibridgeError
+from pibridge.hostx import EXCLUDE_TOKEN, action_names
 
 PROVENANCE_FILE = "pibridge.json"
 LEROBOT_NAME = re.compile(r"[A-Za-z0-9_\-]+")
@@ -184,19 +185,33 @@ def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | Non
         runtime_dtype=req.runtime_dtype, paligemma_variant=r.detection.variant.paligemma.variant,
         action_expert_variant=r.detection.variant.action_expert.variant,
         normalization_mapping={"VISUAL": "IDENTITY", "STATE": NORM_MODES[p.norm], "ACTION": NORM_MODES[p.norm]},
-        allow_unknown_variants=req.allow_tiny)
+        allow_unknown_variants=req.allow_tiny, extra=_relative_fields(p))
     kw = {"tokenizer_name": tokenizer_name} if tokenizer_name else {}
-    pre, post = build_processor_jsons(req.lerobot_version, config, **kw)
+    host = HostSteps.for_profile(p)
+    pre, post = build_processor_jsons(req.lerobot_version, config, host=host, **kw)
     prompt = "openpi-state" if model == "pi05" else "openpi-pi0"
     if model == "pi05" and not p.discrete_state_input:
         # OpenPI's pi0-format prompt (no state) for pi05_libero-style configs (tokenizer.py:14-48):
         # LeRobot's pi05 chain always builds "Task: ..., State: ...;" so swap in its pi0 newline step.
         pre["steps"] = [{"registry_name": "pi0_new_line_processor", "config": {}}
-                        if s["registry_name"] == "pi05_prepare_state_tokenizer_processor_step" else s
+                        if s.get("registry_name") == "pi05_prepare_state_tokenizer_processor_step" else s
                         for s in pre["steps"]]
         prompt = "openpi-no-state"
     states = build_normalizer_states(stats, state_dim=p.state_dim, action_dim=p.action_dim, fold_eps=req.fold_norm_eps)
-    return {"config": config, "pre": pre, "post": post, "states": states, "prompt": prompt}
+    return {"config": config, "pre": pre, "post": post, "states": states, "prompt": prompt, "host": host}
+
+
+def _relative_fields(p: Profile) -> dict[str, Any]:
+    """OpenPI's delta-action mask as LeRobot's relative / absolute action steps express it: enabled, with
+    action names whose "gripper" dims are exactly the absolute ones (pibridge.hostx.action_names)."""
+    if not p.delta_action_mask:
+        return {}
+    return {"use_relative_actions": True, "relative_exclude_joints": [EXCLUDE_TOKEN],
+            "action_feature_names": action_names(p.delta_action_mask, p.action_dim, p.robot)}
+
+
+def _step_index(steps: dict, registry_name: str) -> int:
+    return next(i for i, s in enumerate(steps["steps"]) if s.get("registry_name") == registry_name)
 
 
 def _profile_asset(r: Resolved) -> str | None:
@@ -243,8 +258,8 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
         _write_json(tmp / "config.json", side["config"], indent=4)
         _write_json(tmp / "policy_preprocessor.json", side["pre"], indent=2)
         _write_json(tmp / "policy_postprocessor.json", side["post"], indent=2)
-        target = lerobot_target(req.lerobot_version, r.detection.model)
-        write_normalizer_files(tmp, side["states"], target.normalizer_step, target.unnormalizer_step)
+        write_normalizer_files(tmp, side["states"], _step_index(side["pre"], "normalizer_processor"),
+                               _step_index(side["post"], "unnormalizer_processor"))
         if req.tokenizer:
             _write_tokenizer(Path(req.tokenizer), tmp / "tokenizer")
         record = _provenance(r, req, side, fingerprint)
@@ -372,6 +387,10 @@ def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) 
         "model": r.detection.model, "variant": r.detection.variant.name,
         "profile": r.profile.to_dict(), "camera_names": list(r.camera_names), "empty_slots": list(r.empty_slots),
         "prompt_format": side["prompt"],
+        "host_transforms": {"default_prompt": side["host"].default_prompt, "prompt_clean": side["host"].prompt_clean,
+                            "adapt_to_pi": side["host"].adapt_to_pi,
+                            "delta_action_mask": list(r.profile.delta_action_mask or ()),
+                            "action_feature_names": side["config"].get("action_feature_names")},
         "target": {"lerobot_version": req.lerobot_version, "transformers_version": r.transformers_version,
                    "weights_dtype": req.weights_dtype, "runtime_dtype": req.runtime_dtype},
         "folds": list(side["states"].folds) + ([FOLD_ID] if req.fold_bf16_params else []), "fold_inexact_elements": side["states"].inexact,

@@ -11,6 +11,7 @@ configs/lerobot/versions.json). Values come from the config.json pibridge writes
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pibridge.convert.lerobot_config import version_data
@@ -18,6 +19,42 @@ from pibridge.errors import PibridgeError
 
 PAD_TOKENIZER = "google/paligemma-3b-pt-224"  # hard-coded in both processor factories
 LEROBOT_NORM_EPS = 1e-8  # normalize_processor.py:97
+PLUGIN_STEPS = "lerobot_policy_pibridge.steps"  # plugins/lerobot_policy_pibridge: OpenPI host transforms
+
+
+@dataclass(frozen=True)
+class HostSteps:
+    """OpenPI host transforms that OUT's processors run as pibridge plugin steps (pibridge.hostx has the math)."""
+
+    default_prompt: str | None = None  # InjectDefaultPrompt (transforms.py:104-111)
+    prompt_clean: bool = False  # pi0-format prompts: models/tokenizer.py:23 (LeRobot's pi0 newline step does not)
+    adapt_to_pi: bool = False  # AlohaInputs / AlohaOutputs (aloha_policy.py:181-202)
+
+    @classmethod
+    def for_profile(cls, p) -> HostSteps:
+        return cls(default_prompt=p.default_prompt, prompt_clean=not (p.pi05 and p.discrete_state_input),
+                   adapt_to_pi=bool(p.adapt_to_pi))
+
+    def pre(self) -> list[dict[str, Any]]:
+        """Steps between to_batch_processor and the relative-action / normalizer / tokenizer steps."""
+        out = []
+        if self.default_prompt is not None:
+            out.append(_plugin("DefaultPromptStep", {"prompt": self.default_prompt}))
+        if self.prompt_clean:
+            out.append(_plugin("PromptCleanStep", {}))
+        if self.adapt_to_pi:
+            out.append(_plugin("AdaptToPiInputsStep", {}))
+        return out
+
+    def post(self) -> list[dict[str, Any]]:
+        """Steps after absolute_actions_processor."""
+        return [_plugin("AdaptToPiOutputsStep", {})] if self.adapt_to_pi else []
+
+
+def _plugin(cls: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A step by class path: LeRobot imports the module itself when loading (processor/pipeline.py:1081-1094), and
+    raises ImportError naming lerobot_policy_pibridge.steps where the plugin is not installed."""
+    return {"class": f"{PLUGIN_STEPS}.{cls}", "config": config}
 
 
 def _step(name: str, config: dict[str, Any], state_file: str | None = None) -> dict[str, Any]:
@@ -36,10 +73,11 @@ def _norm_config(features: Mapping[str, Any], norm_map: Mapping[str, str]) -> di
 
 
 def build_processor_jsons(lerobot_version: str, config: Mapping[str, Any], *, device: str = "cpu",
-                          tokenizer_name: str = PAD_TOKENIZER) -> tuple[dict[str, Any], dict[str, Any]]:
+                          tokenizer_name: str = PAD_TOKENIZER, host: HostSteps | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(policy_preprocessor.json, policy_postprocessor.json) content for a config.json from
     build_config_json. device: LeRobot's eval / train scripts override it on load; "cpu" loads anywhere
-    (DeviceProcessorStep resolves the name when built)."""
+    (DeviceProcessorStep resolves the name when built). host: OpenPI host transforms as pibridge plugin steps."""
+    host = host or HostSteps()
     version = version_data(lerobot_version)
     model = config.get("type")
     if model not in ("pi0", "pi05"):
@@ -53,7 +91,7 @@ def build_processor_jsons(lerobot_version: str, config: Mapping[str, Any], *, de
                       "padding_side": "right", "padding": "max_length", "truncation": True,
                       "tokenizer_name": tokenizer_name})
     to_device = _step("device_processor", {"device": device, "float_dtype": None})
-    head = [_step("rename_observations_processor", {"rename_map": {}}), _step("to_batch_processor", {})]
+    head = [_step("rename_observations_processor", {"rename_map": {}}), _step("to_batch_processor", {})] + host.pre()
     features = {**config["input_features"], **config["output_features"]}
     if model == "pi05":
         pre = head + [relative, None, _step("pi05_prepare_state_tokenizer_processor_step", {}), tokenizer, to_device]
@@ -64,6 +102,6 @@ def build_processor_jsons(lerobot_version: str, config: Mapping[str, Any], *, de
                    _state_file("policy_preprocessor", i, "normalizer_processor"))
     post = [_step("unnormalizer_processor", _norm_config(config["output_features"], norm_map),
                   _state_file("policy_postprocessor", 0, "unnormalizer_processor")),
-            _step("absolute_actions_processor", {"enabled": config["use_relative_actions"]}),
+            _step("absolute_actions_processor", {"enabled": config["use_relative_actions"]}), *host.post(),
             _step("device_processor", {"device": "cpu", "float_dtype": None})]
     return {"name": "policy_preprocessor", "steps": pre}, {"name": "policy_postprocessor", "steps": post}

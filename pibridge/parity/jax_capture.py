@@ -3,7 +3,8 @@ checkpoint's parameter tree, OpenPI's action postprocessing. Never imports torch
 
 Pipeline (OpenPI Policy.infer at 15a9616, policies/policy_config.py:75-93): profile + norm stats + tokenizer ->
 openpi_preprocess.preprocess_detailed -> jax_stack.run_policy -> openpi_preprocess.postprocess_actions
-(Unnormalize, AbsoluteActions, slice to the native action dim) = stage actions/unnormalized (B, A, action_dim).
+: Unnormalize alone = stage actions/unnormalized (B, A, action_dim); after AbsoluteActions and the robot outputs
+(pibridge.hostx) = stage actions/robot.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     from pibridge.convert.detect import detect
     from pibridge.convert.reader import open_checkpoint
     from pibridge.parity.jax_stack import get_policy, prepare_params, run_policy
-    from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess_detailed
+    from pibridge.parity.openpi_preprocess import (observation_dict, postprocess_actions, preprocess_detailed,
+                                                   unnormalize_actions)
     from pibridge.parity.tokenizer import load_tokenizer
 
     from pibridge.parity.progress import Progress
@@ -53,8 +55,10 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     rec = StageRecorder(on_record=prog.on_record)
     actions = run_policy(params, variant, inputs, obs.noise, precision=req.precision, num_steps=req.steps, record=rec)
     t4 = time.perf_counter()
-    rec.record(st.ACTIONS_UNNORMALIZED, postprocess_actions(actions, inputs.state, profile, stats),
-               seconds=time.perf_counter() - t4)
+    rec.record(st.ACTIONS_UNNORMALIZED, unnormalize_actions(actions, profile, stats), seconds=time.perf_counter() - t4)
+    t5 = time.perf_counter()
+    rec.record(st.ACTIONS_ROBOT, postprocess_actions(actions, inputs.state, profile, stats),
+               seconds=time.perf_counter() - t5)
     del params
     prog.done()
     meta = {

@@ -72,6 +72,68 @@ class Normalizer:
                             "convert the policy with pibridge (it writes QUANTILES or MEAN_STD)")
 
 
+PLUGIN_STEPS = "lerobot_policy_pibridge.steps."
+KNOWN_PRE = {"rename_observations_processor", "to_batch_processor", "relative_actions_processor",
+             "delta_actions_processor", "normalizer_processor", "pi05_prepare_state_tokenizer_processor_step",
+             "pi0_new_line_processor", "tokenizer_processor", "device_processor",
+             "DefaultPromptStep", "PromptCleanStep", "AdaptToPiInputsStep"}
+KNOWN_POST = {"unnormalizer_processor", "absolute_actions_processor", "device_processor", "AdaptToPiOutputsStep"}
+_REGISTRY = {"pibridge_default_prompt": "DefaultPromptStep", "pibridge_prompt_clean": "PromptCleanStep",
+             "pibridge_adapt_to_pi_inputs": "AdaptToPiInputsStep", "pibridge_adapt_to_pi_outputs": "AdaptToPiOutputsStep"}
+
+
+def _step_name(step: dict) -> str:
+    """A processor JSON entry's name: its registry name, or the class name of a pibridge plugin class path."""
+    name = step.get("registry_name") or step.get("class", "")
+    return _REGISTRY.get(name, name[len(PLUGIN_STEPS):] if name.startswith(PLUGIN_STEPS) else name)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """OpenPI's host transforms as OUT's processor JSONs order them (the math: pibridge.hostx)."""
+
+    default_prompt: str | None = None
+    prompt_clean: bool = False
+    adapt_inputs: bool = False
+    relative_mask: tuple[bool, ...] | None = None  # None: no enabled absolute step; else LeRobot's name mask
+    adapt_outputs: bool = False
+
+    def robot_actions(self, unnormalized: np.ndarray, raw_state: np.ndarray) -> np.ndarray:
+        """OUT's postprocessor after the unnormalizer: absolute actions (the state cached by the relative step, in
+        pi space when adapt_to_pi runs before it), then the adapt_to_pi output step."""
+        from pibridge import hostx
+
+        a = np.asarray(unnormalized, np.float64)
+        if self.relative_mask is not None:
+            state = hostx.aloha_state_to_pi(raw_state) if self.adapt_inputs else raw_state
+            a = hostx.absolute_actions(a, np.asarray(state, np.float32), self.relative_mask)
+        return (hostx.aloha_actions_from_pi(a) if self.adapt_outputs else a).astype(np.float32)
+
+
+def read_chain(out: Path, pre_json: dict, post_json: dict, config: dict) -> Chain:
+    """The host part of OUT's processors; a step pibridge does not know exits 2 (it could change the action)."""
+    from pibridge import hostx
+
+    for which, js, known in (("policy_preprocessor", pre_json, KNOWN_PRE), ("policy_postprocessor", post_json, KNOWN_POST)):
+        unknown = [_step_name(s) for s in js["steps"] if _step_name(s) not in known]
+        if unknown:
+            raise PibridgeError(f"{out}/{which}.json has step(s) {unknown} the torch stack cannot run",
+                                f"steps pibridge convert writes: {', '.join(sorted(known))}",
+                                "compare with --torch-stack lerobot (the real LeRobot runs any step), or convert again")
+    pre = {_step_name(s): s.get("config", {}) for s in pre_json["steps"]}
+    post = {_step_name(s): s.get("config", {}) for s in post_json["steps"]}
+    rel = pre.get("relative_actions_processor", pre.get("delta_actions_processor"))
+    mask = None
+    if post.get("absolute_actions_processor", {}).get("enabled") and rel is not None:
+        dim = int(config["output_features"][ACTION_KEY]["shape"][0])
+        names = rel.get("action_names")
+        mask = tuple(hostx.lerobot_mask(names[:dim], rel.get("exclude_joints") or []) + [True] * (dim - len(names))
+                     if names is not None and rel.get("exclude_joints") else [True] * dim)
+    return Chain(default_prompt=pre.get("DefaultPromptStep", {}).get("prompt"), prompt_clean="PromptCleanStep" in pre,
+                 adapt_inputs="AdaptToPiInputsStep" in pre, relative_mask=mask,
+                 adapt_outputs="AdaptToPiOutputsStep" in post)
+
+
 @dataclass(frozen=True)
 class LeRobotFiles:
     """What the torch side reads from OUT: config.json, pibridge.json, the processor JSONs and their stats."""
@@ -83,6 +145,7 @@ class LeRobotFiles:
     post: Normalizer
     prompt_step: str  # "pi05_state" or "pi0_newline"
     max_length: int
+    chain: Chain = None  # host steps of OUT's processors (pibridge plugin steps, relative / absolute actions)
 
     @property
     def slot_cameras(self) -> dict[str, str | None]:
@@ -102,7 +165,7 @@ def _read_json(path: Path) -> dict:
 def _normalizer(out: Path, processor: dict, registry: str) -> Normalizer:
     from safetensors.numpy import load_file
 
-    step = next((s for s in processor["steps"] if s["registry_name"] == registry), None)
+    step = next((s for s in processor["steps"] if s.get("registry_name") == registry), None)
     if step is None or "state_file" not in step:
         raise PibridgeError(f"{out}: processor {processor.get('name')} has no {registry} step with a state file",
                             f"a {registry} step naming its safetensors stats", "convert the checkpoint again")
@@ -118,18 +181,19 @@ def _normalizer(out: Path, processor: dict, registry: str) -> Normalizer:
 def load_lerobot_files(out: Path) -> LeRobotFiles:
     out = Path(out)
     pre_json, post_json = _read_json(out / "policy_preprocessor.json"), _read_json(out / "policy_postprocessor.json")
-    names = [s["registry_name"] for s in pre_json["steps"]]
+    names = [s.get("registry_name") or s.get("class") for s in pre_json["steps"]]
     prompt_step = "pi05_state" if "pi05_prepare_state_tokenizer_processor_step" in names else \
         "pi0_newline" if "pi0_new_line_processor" in names else None
-    tok = next((s for s in pre_json["steps"] if s["registry_name"] == "tokenizer_processor"), None)
+    tok = next((s for s in pre_json["steps"] if s.get("registry_name") == "tokenizer_processor"), None)
     if prompt_step is None or tok is None:
         raise PibridgeError(f"{out}/policy_preprocessor.json steps {names}",
                             "a pi05 state-prompt or pi0 newline step and a tokenizer_processor step",
                             "convert the checkpoint with pibridge convert")
-    return LeRobotFiles(out, _read_json(out / "config.json"), _read_json(out / "pibridge.json"),
+    config = _read_json(out / "config.json")
+    return LeRobotFiles(out, config, _read_json(out / "pibridge.json"),
                         _normalizer(out, pre_json, "normalizer_processor"),
                         _normalizer(out, post_json, "unnormalizer_processor"), prompt_step,
-                        int(tok["config"]["max_length"]))
+                        int(tok["config"]["max_length"]), read_chain(out, pre_json, post_json, config))
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -222,7 +286,12 @@ def preprocess(obs: Observation, files: LeRobotFiles, tokenizer: SentencePieceTo
                       else np.full((b, IMAGE_SIZE, IMAGE_SIZE, 3), -1.0, np.float32))  # modeling_pi05.py:1011
         col = obs.image_mask[:, obs.slots.index(slot)] if present else np.zeros(b, bool)
         mask.append(col)
-    state = files.pre.normalize(STATE_KEY, obs.state)
+    state = obs.state
+    if files.chain.adapt_inputs:  # pibridge_adapt_to_pi_inputs, before the normalizer
+        from pibridge.hostx import aloha_state_to_pi
+
+        state = aloha_state_to_pi(state).astype(np.float32)
+    state = files.pre.normalize(STATE_KEY, state)
     tokens, token_mask, texts = _tokens(obs, files, state, tokenizer)
     inputs = ModelInputs(np.stack(images, axis=1), np.stack(mask, axis=1),  # C x (B, 224, 224, 3) -> (B, C, ...)
                          pad_vector(state), tokens, token_mask)
@@ -241,10 +310,15 @@ def _tokens(obs: Observation, files: LeRobotFiles, state: np.ndarray, tokenizer:
     if tokenizer is None:
         raise PibridgeError("no tokenizer for the prompt", "a SentencePiece model (OUT/tokenizer/tokenizer.model)",
                             "pass --tokenizer PATH (PaliGemma's paligemma_tokenizer.model)")
+    from pibridge.hostx import clean_prompt
+
+    prompts = list(obs.prompts)
+    if files.chain.prompt_clean:  # pibridge_prompt_clean, before the newline step
+        prompts = [clean_prompt(p) for p in prompts]
     if files.prompt_step == "pi05_state":
-        texts = [pi05_prompt(p, s) for p, s in zip(obs.prompts, state)]
+        texts = [pi05_prompt(p, s) for p, s in zip(prompts, state)]
     else:
-        texts = [pi0_prompt(p) for p in obs.prompts]
+        texts = [pi0_prompt(p) for p in prompts]
     tokens, mask = tokenize(texts, tokenizer, files.max_length)
     return tokens, mask, tuple(texts)
 
@@ -256,6 +330,11 @@ def unnormalize_actions(actions: np.ndarray, files: LeRobotFiles) -> np.ndarray:
     return files.post.unnormalize(ACTION_KEY, np.asarray(actions, np.float32)[..., :dim])
 
 
+def robot_actions(unnormalized: np.ndarray, obs: Observation, files: LeRobotFiles) -> np.ndarray:
+    """OUT's whole postprocessor: the unnormalized actions through the absolute and adapt_to_pi steps."""
+    return files.chain.robot_actions(unnormalized, np.asarray(obs.state, np.float32))
+
+
 def default_tokenizer_path(out: Path) -> Path | None:
     p = Path(out) / "tokenizer" / "tokenizer.model"
     return p if p.is_file() else None
@@ -263,4 +342,4 @@ def default_tokenizer_path(out: Path) -> Path | None:
 
 __all__ = ["IMAGE_SLOTS", "LeRobotFiles", "LeRobotPreprocessed", "Normalizer", "default_tokenizer_path",
            "discretize_state", "load_lerobot_files", "pi05_prompt", "pi0_prompt", "preprocess", "preprocess_image",
-           "resize_with_pad_lerobot", "tokenize", "unnormalize_actions"]
+           "resize_with_pad_lerobot", "robot_actions", "tokenize", "unnormalize_actions"]

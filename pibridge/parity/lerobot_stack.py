@@ -58,7 +58,7 @@ class LoadCheck:
 @dataclass(frozen=True)
 class CaptureResult:
     actions: np.ndarray  # (B, A, 32) model actions
-    actions_unnormalized: np.ndarray  # (B, A, action_dim) after LeRobot's postprocessor
+    actions_unnormalized: np.ndarray  # (B, A, action_dim) after LeRobot's whole postprocessor (= actions/robot)
     load: LoadCheck
     fixes: dict
     meta: dict = field(default_factory=dict)
@@ -377,7 +377,9 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
             chunk = policy.predict_action_chunk(batch, noise=noise, **kw)
     finally:
         hooks.remove()
-    unnorm = post(chunk)
+    recorder.record(st.ACTIONS_UNNORMALIZED, _np(post[:1](chunk)))  # the unnormalizer step alone
+    unnorm = post(chunk)  # every output transform of OUT: the robot's action
+    recorder.record(st.ACTIONS_ROBOT, _np(unnorm))
     actions = recorder[st.ACTIONS].value
     meta = {"stack": "lerobot", "versions": ver, "fixes": done, "fixes_enabled": fixes,
             "precision": "bf16" if policy.config.dtype == "bfloat16" else "float32", "runtime_dtype": policy.config.dtype,

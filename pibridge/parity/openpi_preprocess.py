@@ -334,15 +334,22 @@ def _per_sample(items: list, b: int, what: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------- outputs
+def unnormalize_actions(actions: np.ndarray, profile: Profile, norm_stats: Mapping[str, NormStats] | None) -> np.ndarray:
+    """Model actions (B, T, D) -> Unnormalize alone (transforms.py:158-168), sliced to the native action dim."""
+    actions = np.asarray(actions)
+    if norm_stats is not None:
+        actions = unnormalize(actions, _stats_for(norm_stats, "actions", profile.norm, 0), profile.norm)
+    return actions[..., : profile.require("action_dim")]
+
+
 def postprocess_actions(actions: np.ndarray, model_state: np.ndarray, profile: Profile,
                         norm_stats: Mapping[str, NormStats] | None) -> np.ndarray:
     """Model actions (B, T, D) -> robot actions (B, T, A), as Policy.infer's output transforms
     (policy_config.py:84-89): Unnormalize actions and the model-input state (B, D) (transforms.py:158-168),
     AbsoluteActions on the delta joints (transforms.py:234-244), keep the first A dims, aloha encoding."""
-    actions, state = np.asarray(actions), np.asarray(model_state)
+    state = np.asarray(model_state)
     if norm_stats is not None:
-        actions = unnormalize(actions, _stats_for(norm_stats, "actions", profile.norm, 0), profile.norm)
         state = unnormalize(state, _stats_for(norm_stats, "state", profile.norm, 0), profile.norm)
+    actions = unnormalize_actions(actions, profile, norm_stats)  # slicing first: the mask covers <= A dims
     actions = absolute_actions(actions, state, profile.require("delta_action_mask"))
-    actions = actions[..., : profile.require("action_dim")]
     return aloha_actions_from_pi(actions) if profile.require("adapt_to_pi") else actions

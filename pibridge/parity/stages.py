@@ -14,7 +14,9 @@ Stages, in execution order (indices zero-padded to two digits):
   prefix/mask (B, T)   llm/kv{ii}/k, llm/kv{ii}/v (B, T, K, H) (k after RoPE), llm/block{ii} (B, T, D)
   suffix/time (K_steps, B, D_exp) sine-cosine time embedding of every Euler step
   expert/step{kk}/block{ii} (B, S, D_exp)   velocity/step{kk} (B, A, 32)   actions (B, A, 32)
-  actions/unnormalized (B, A, 32) (written by the caller that unnormalizes)
+  actions/unnormalized (B, A, action_dim) Unnormalize alone, sliced to the native dim (written by the caller)
+  actions/robot (B, A, action_dim) what the robot receives, after every output transform (JAX: OpenPI's
+  AbsoluteActions + robot outputs via pibridge.hostx; torch / LeRobot: OUT's postprocessor)
 A validity mask (bool, broadcastable to the stage) marks the entries a comparison may look at: rows of
 padded text tokens and of masked cameras are invalid (their values are unused and differ by stack).
 """
@@ -42,6 +44,7 @@ PREFIX_MASK = "prefix/mask"
 SUFFIX_TIME = "suffix/time"
 ACTIONS = "actions"
 ACTIONS_UNNORMALIZED = "actions/unnormalized"
+ACTIONS_ROBOT = "actions/robot"
 
 INPUT_STAGES = (INPUT_IMAGE, INPUT_IMAGE_MASK, INPUT_TOKENS, INPUT_TOKEN_MASK, INPUT_STATE)
 
@@ -75,7 +78,7 @@ def velocity(step: int) -> str:
 
 
 _FIXED = {*INPUT_STAGES, IMG_EMBED, IMG_OUT, IMG_TOKENS, PREFIX_EMBEDS, PREFIX_MASK, SUFFIX_TIME, ACTIONS,
-          ACTIONS_UNNORMALIZED}
+          ACTIONS_UNNORMALIZED, ACTIONS_ROBOT}
 _INDEXED = re.compile(r"img/block\d\d|llm/block\d\d|llm/kv\d\d/[kv]|expert/step\d\d/block\d\d|velocity/step\d\d")
 
 
@@ -95,7 +98,7 @@ def stage_order(vit_depth: int, llm_depth: int, num_steps: int, *, unnormalized:
         names += [expert_block(k, i) for i in range(llm_depth)] + [velocity(k)]
     names.append(ACTIONS)
     if unnormalized:
-        names.append(ACTIONS_UNNORMALIZED)
+        names += [ACTIONS_UNNORMALIZED, ACTIONS_ROBOT]
     return names
 
 

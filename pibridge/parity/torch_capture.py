@@ -83,7 +83,10 @@ def capture_torch(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     semantics = "0.5" if lerobot_version.startswith("0.5") else "0.6"
     actions = sample_actions(policy, inputs, obs.noise, num_steps=req.steps, recorder=rec, semantics=semantics)
     t4 = time.perf_counter()
-    rec.record(st.ACTIONS_UNNORMALIZED, lp.unnormalize_actions(actions, files), seconds=time.perf_counter() - t4)
+    unnorm = lp.unnormalize_actions(actions, files)
+    rec.record(st.ACTIONS_UNNORMALIZED, unnorm, seconds=time.perf_counter() - t4)
+    t5 = time.perf_counter()
+    rec.record(st.ACTIONS_ROBOT, lp.robot_actions(unnorm, obs, files), seconds=time.perf_counter() - t5)
     prog.done()
     meta = {
         "packages": package_versions("torch", "transformers", "safetensors", "sentencepiece"),

@@ -11,7 +11,9 @@ PI05Policy and PI0Policy. For a directory that holds pibridge.json (written by `
 It also wraps the processor pipelines' `from_pretrained`: LeRobot <= 0.6.1 does not resolve a relative
 tokenizer path, and `pibridge convert` writes OUT/tokenizer's absolute path into policy_preprocessor.json; when
 that path no longer exists (OUT moved or copied to another machine) it points the tokenizer step at OUT/tokenizer.
-Any other directory or hub id loads exactly as before. Switch off with PIBRIDGE_RUNTIME_FIXES=0.
+Any other directory or hub id loads exactly as before. It also registers the processor steps of OpenPI's host
+transforms (lerobot_policy_pibridge.steps: default prompt, prompt cleaning, ALOHA adapt_to_pi) that
+`pibridge convert` writes into OUT's processors. Switch off with PIBRIDGE_RUNTIME_FIXES=0.
 Result on the policy: `policy.pibridge_fixes` {fix id: places changed}.
 """
 
@@ -104,6 +106,12 @@ def _wrap_processors() -> None:
 
 def install() -> list[str]:
     done = []
+    try:
+        from lerobot_policy_pibridge import steps  # noqa: F401 - registers OpenPI's host-transform steps
+
+        done.append("steps")
+    except ImportError as err:
+        log.debug("pibridge plugin: processor steps not available (%s)", err)
     try:
         _wrap_processors()
         done.append("DataProcessorPipeline")

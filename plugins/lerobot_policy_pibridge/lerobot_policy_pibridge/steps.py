@@ -1,0 +1,112 @@
+"""LeRobot processor steps for OpenPI's host transforms that LeRobot has no step for (pibridge.hostx holds the math).
+
+`pibridge convert` writes them into policy_preprocessor.json / policy_postprocessor.json by class path
+("class": "lerobot_policy_pibridge.steps.<Class>"): LeRobot's loader imports that module by itself
+(processor/pipeline.py:1073-1094 in 0.6.1), so OUT loads with plain `from_pretrained` / `make_pre_post_processors`
+wherever this plugin is installed, and fails with ImportError naming `lerobot_policy_pibridge.steps` where it is
+not. Each step is also registered under a registry name (REGISTRY) so that LeRobot re-saves it portably.
+
+Preprocessor: pibridge_default_prompt, pibridge_prompt_clean (before the tokenizer steps), pibridge_adapt_to_pi_inputs
+(before relative_actions_processor caches the state, so AbsoluteActions adds the pi-space state as OpenPI does,
+policy.py:92-95). Postprocessor: pibridge_adapt_to_pi_outputs after absolute_actions_processor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from lerobot.processor import ProcessorStep, ProcessorStepRegistry, TransitionKey
+
+from pibridge import hostx
+
+OBS_STATE, ACTION, TASK = "observation.state", "action", "task"
+
+
+def _register(name: str):
+    def deco(cls):
+        if ProcessorStepRegistry._registry.get(name) is None:
+            ProcessorStepRegistry.register(name)(cls)
+        cls.registry_name = name
+        return cls
+    return deco
+
+
+def _numpy_map(t: torch.Tensor, fn) -> torch.Tensor:
+    """Apply a float64 numpy function to a tensor; same dtype and device back."""
+    out = fn(t.detach().to("cpu", torch.float64).numpy())
+    return torch.from_numpy(np.ascontiguousarray(out)).to(device=t.device, dtype=t.dtype)
+
+
+class _Step(ProcessorStep):
+    def transform_features(self, features):
+        return features
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+
+@_register("pibridge_default_prompt")
+@dataclass
+class DefaultPromptStep(_Step):
+    """InjectDefaultPrompt (transforms.py:104-111): `task` = the default where the frame has none."""
+
+    prompt: str | None = None
+
+    def __call__(self, transition):
+        comp = dict(transition.get(TransitionKey.COMPLEMENTARY_DATA) or {})
+        if comp.get(TASK) is not None or self.prompt is None:
+            return transition
+        state = (transition.get(TransitionKey.OBSERVATION) or {}).get(OBS_STATE)
+        batched = state is not None and state.ndim == 2
+        comp[TASK] = [hostx.inject_default_prompt(None, self.prompt)] * state.shape[0] if batched else self.prompt
+        return {**transition, TransitionKey.COMPLEMENTARY_DATA: comp}
+
+    def get_config(self) -> dict[str, Any]:
+        return {"prompt": self.prompt}
+
+
+@_register("pibridge_prompt_clean")
+@dataclass
+class PromptCleanStep(_Step):
+    """OpenPI's prompt cleaning (models/tokenizer.py:23), which LeRobot's pi0 newline step does not do."""
+
+    def __call__(self, transition):
+        comp = transition.get(TransitionKey.COMPLEMENTARY_DATA) or {}
+        task = comp.get(TASK)
+        if task is None:
+            return transition
+        task = hostx.clean_prompt(task) if isinstance(task, str) else [hostx.clean_prompt(t) for t in task]
+        return {**transition, TransitionKey.COMPLEMENTARY_DATA: {**comp, TASK: task}}
+
+
+@_register("pibridge_adapt_to_pi_inputs")
+@dataclass
+class AdaptToPiInputsStep(_Step):
+    """AlohaInputs' adapt_to_pi (aloha_policy.py:181-187 state, :198-202 a training target `action`)."""
+
+    def __call__(self, transition):
+        new = dict(transition)
+        obs = transition.get(TransitionKey.OBSERVATION)
+        if obs and obs.get(OBS_STATE) is not None:
+            new[TransitionKey.OBSERVATION] = {**obs, OBS_STATE: _numpy_map(obs[OBS_STATE], hostx.aloha_state_to_pi)}
+        if isinstance(transition.get(TransitionKey.ACTION), torch.Tensor):
+            new[TransitionKey.ACTION] = _numpy_map(transition[TransitionKey.ACTION], hostx.aloha_actions_to_pi)
+        return new
+
+
+@_register("pibridge_adapt_to_pi_outputs")
+@dataclass
+class AdaptToPiOutputsStep(_Step):
+    """AlohaOutputs' adapt_to_pi (aloha_policy.py:190-195): pi-space actions -> standard Aloha."""
+
+    def __call__(self, transition):
+        action = transition.get(TransitionKey.ACTION)
+        if not isinstance(action, torch.Tensor):
+            return transition
+        return {**transition, TransitionKey.ACTION: _numpy_map(action, hostx.aloha_actions_from_pi)}
+
+
+REGISTRY = {c.registry_name: c for c in (DefaultPromptStep, PromptCleanStep, AdaptToPiInputsStep, AdaptToPiOutputsStep)}
