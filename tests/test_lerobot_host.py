@@ -105,3 +105,32 @@ def test_out_without_the_plugin_fails_naming_the_package(work):
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=env, cwd=h.ROOT, timeout=300)
     assert r.returncode != 0
     assert "lerobot_policy_pibridge.steps" in r.stderr and "ImportError" in r.stderr, r.stderr[-2000:]
+
+
+def test_default_prompt_and_cleaning_on_real_lerobot(work):
+    """pi0_aloha_sim (OpenPI injects "Transfer cube"; its sim client sends no prompt): LeRobot's preprocessor on a
+    frame without `task` gives the tokens of the default prompt (stock LeRobot: KeyError 'task'), and a prompt that
+    needs OpenPI's cleaning gives the cleaned prompt's tokens; both equal OpenPI's token ids."""
+    import json
+
+    from pibridge.parity.openpi_preprocess import tokenize_prompt
+    from pibridge.parity.tokenizer import load_tokenizer
+
+    py = h.venv_python("lr-0.6.1")
+    ck = h.make_ckpt(work, "pi0", "pi0_aloha_sim", asset="trossen")
+    out = h.make_tiny_out(work, "pi0", "0.6.1", "float32", profile="pi0_aloha_sim", camera_map="base_0_rgb=cam_high",
+                          ckpt=ck)
+    code = ("import json, torch\nfrom pibridge.parity.lerobot_tiny import apply; apply()\n"
+            "from lerobot.configs.policies import PreTrainedConfig\n"
+            "from lerobot.policies.factory import make_pre_post_processors\n"
+            f"out = {str(out)!r}\n"
+            "pre, _ = make_pre_post_processors(PreTrainedConfig.from_pretrained(out), pretrained_path=out,\n"
+            "    preprocessor_overrides={'device_processor': {'device': 'cpu'}})\n"
+            "frame = {'observation.state': torch.full((14,), 0.5), 'observation.images.cam_high': torch.rand(3, 224, 224)}\n"
+            "ids = lambda b: b['observation.language.tokens'][0][b['observation.language.attention_mask'][0]].tolist()\n"
+            "print(json.dumps([ids(pre(dict(frame))), ids(pre(dict(frame, task='  Transfer_cube\\n')))]))\n")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, env=_env(), cwd=h.ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    no_task, dirty = json.loads(r.stdout.strip().splitlines()[-1])
+    tokens, mask, _ = tokenize_prompt("Transfer cube", None, load_tokenizer(h.TOKENIZER), 48)
+    assert no_task == dirty == tokens[mask].tolist()
