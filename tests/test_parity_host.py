@@ -39,26 +39,7 @@ def _policy(root: Path, profile: str):
         write_synthetic_checkpoint(ck, variant=f"tiny-{p.model}", profile=profile, asset_id=p.asset_id, progress=False)
         convert(ConvertRequest(ckpt=ck, out=out, profile=profile, camera_map=cams, tokenizer=TOKENIZER, allow_tiny=True))
         obs_command(obs, profile=profile, prompts=[prompt])  # non-224 images: OpenPI's resize on both sides
-    if p.norm == "zscore":
-        _state_in_distribution(obs, ck, p)
     return ck, out, obs
-
-
-def _state_in_distribution(obs: Path, ck: Path, p) -> None:
-    """`parity obs` draws the state uniform in [-1.5, 1.5]; LIBERO's state std is ~0.07, so that is up to 37 sigma
-    out, where OpenPI's std+1e-6 vs LeRobot's std+1e-8 (no --fold-norm-eps) alone gives input/state 5.6e-4 > its
-    1e-4 rule. Here: mean + std * u, within 1.5 sigma like a real robot's state."""
-    import dataclasses
-
-    import numpy as np
-
-    from pibridge.convert.reader import open_checkpoint
-    from pibridge.parity.observation import load_observation, save_observation
-
-    o = load_observation(obs)
-    st = open_checkpoint(ck).norm_stats(p.asset_id)["state"]
-    state = (st.mean[: o.state.shape[1]] + st.std[: o.state.shape[1]] * o.state).astype(np.float32)
-    save_observation(obs, dataclasses.replace(o, state=state))
 
 
 def _without(out: Path, dst: Path, step: str) -> Path:
