@@ -92,8 +92,7 @@ def _step_name(step: dict) -> str:
 class Chain:
     """OpenPI's host transforms as OUT's processor JSONs order them (the math: pibridge.hostx)."""
 
-    default_prompt: str | None = None
-    prompt_clean: bool = False
+    prompt_clean: bool = False  # (a default-prompt step needs no emulation: observation files carry prompts)
     adapt_inputs: bool = False
     relative_mask: tuple[bool, ...] | None = None  # None: no enabled absolute step; else LeRobot's name mask
     adapt_outputs: bool = False
@@ -126,10 +125,12 @@ def read_chain(out: Path, pre_json: dict, post_json: dict, config: dict) -> Chai
     mask = None
     if post.get("absolute_actions_processor", {}).get("enabled") and rel is not None:
         dim = int(config["output_features"][ACTION_KEY]["shape"][0])
-        names = rel.get("action_names")
-        mask = tuple(hostx.lerobot_mask(names[:dim], rel.get("exclude_joints") or []) + [True] * (dim - len(names))
-                     if names is not None and rel.get("exclude_joints") else [True] * dim)
-    return Chain(default_prompt=pre.get("DefaultPromptStep", {}).get("prompt"), prompt_clean="PromptCleanStep" in pre,
+        names, exclude = rel.get("action_names"), rel.get("exclude_joints") or []
+        if names is None or not exclude:  # relative_action_processor.py:106-108: every dim converted
+            mask = (True,) * dim
+        else:  # names past the action dim ignored, dims past the names converted (:110-123)
+            mask = tuple(hostx.lerobot_mask(names[:dim], exclude) + [True] * max(0, dim - len(names)))
+    return Chain(prompt_clean="PromptCleanStep" in pre,
                  adapt_inputs="AdaptToPiInputsStep" in pre, relative_mask=mask,
                  adapt_outputs="AdaptToPiOutputsStep" in post)
 
@@ -145,7 +146,7 @@ class LeRobotFiles:
     post: Normalizer
     prompt_step: str  # "pi05_state" or "pi0_newline"
     max_length: int
-    chain: Chain = None  # host steps of OUT's processors (pibridge plugin steps, relative / absolute actions)
+    chain: Chain = Chain()  # host steps of OUT's processors (pibridge plugin steps, relative / absolute actions)
 
     @property
     def slot_cameras(self) -> dict[str, str | None]:
