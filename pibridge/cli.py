@@ -133,6 +133,10 @@ def convert(
     state_dim: Annotated[Optional[int], typer.Option(help="Native state dim (before padding to 32).")] = None,
     action_dim: Annotated[Optional[int], typer.Option(help="Native action dim the robot gets back.")] = None,
     discrete_state_input: Annotated[Optional[bool], typer.Option("--discrete-state-input/--no-discrete-state-input", help="pi05: discretised state in the prompt (OpenPI default True; pi05_libero False).")] = None,
+    delta_action_mask: Annotated[Optional[str], typer.Option(help="Delta-action joints in OpenPI's make_bool_mask notation, e.g. 6,-1,6,-1 (ALOHA), or none; written as LeRobot's relative / absolute action steps.")] = None,
+    adapt_to_pi: Annotated[Optional[bool], typer.Option("--adapt-to-pi/--no-adapt-to-pi", help="ALOHA joint flips and gripper conversion (aloha_policy.py adapt_to_pi), as pibridge plugin steps in OUT's processors.")] = None,
+    default_prompt: Annotated[Optional[str], typer.Option(help="Prompt used when an observation has none (OpenPI's InjectDefaultPrompt).")] = None,
+    robot: Annotated[Optional[str], typer.Option(help="Robot family: aloha, droid, libero or none (action names for LeRobot).")] = None,
     lerobot_version: Annotated[str, typer.Option(help="Target LeRobot release: 0.5.1, 0.6.0, 0.6.1 (decides config.json fields and the transformers key layout).")] = DEFAULT_LEROBOT_VERSION,
     transformers_version: Annotated[Optional[str], typer.Option(help="Override the transformers release whose key layout is written (default: what --lerobot-version pins).")] = None,
     weights_dtype: Annotated[str, typer.Option(**DTYPE, help="dtype of model.safetensors: float32, or LeRobot's bfloat16 layout (norms, vision, heads fp32)." + DTYPE_HELP)] = "float32",
@@ -150,7 +154,9 @@ def convert(
     from pibridge.convert.convert import ConvertRequest, convert as run_convert
 
     overrides = {"action_horizon": action_horizon, "max_token_len": max_token_len, "state_dim": state_dim,
-                 "action_dim": action_dim, "discrete_state_input": discrete_state_input}
+                 "action_dim": action_dim, "discrete_state_input": discrete_state_input,
+                 "delta_action_mask": delta_action_mask, "adapt_to_pi": adapt_to_pi, "default_prompt": default_prompt,
+                 "robot": robot}
     run_convert(ConvertRequest(
         ckpt=ckpt, out=out, profile=profile, overrides=overrides, camera_map=",".join(camera_map) if camera_map else None,
         empty_cameras=tuple(s.strip() for s in (empty_cameras or "").split(",") if s.strip()),

@@ -108,3 +108,34 @@ def test_unknown_robot_family_is_refused():
 
     with pytest.raises(PibridgeError, match="robot 'ur5' not in"):
         load_profile("pi05_base").with_overrides(robot="ur5")
+
+
+def test_base_profile_with_serving_flags_writes_pi05_alohas_processors(tmp_path, capsys):
+    """serve_policy --env ALOHA serves pi05_base under the pi05_aloha config (scripts/serve_policy.py:60-63): the flags
+    give OUT the same config.json and processors as --profile pi05_aloha; without them, convert names the flag."""
+    import json
+
+    from pibridge.cli import main
+    from pibridge.convert.synth import write_synthetic_checkpoint
+
+    ck = tmp_path / "ck"
+    write_synthetic_checkpoint(ck, variant="tiny-pi05", profile="pi05_aloha", asset_id="trossen", progress=False)
+    cams = "base_0_rgb=cam_high,left_wrist_0_rgb=cam_left_wrist,right_wrist_0_rgb=cam_right_wrist"
+    common = ["convert", str(ck), "--camera-map", cams, "--allow-tiny"]
+    base = ["--profile", "pi05_base", "--state-dim", "14", "--action-dim", "14"]
+    flags = ["--adapt-to-pi", "--delta-action-mask", "6,-1,6,-1", "--robot", "aloha"]
+
+    def run(*args):
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        return exc.value.code or 0, capsys.readouterr().err
+
+    assert run(*common, str(tmp_path / "a"), "--profile", "pi05_aloha")[0] == 0
+    assert run(*common, str(tmp_path / "b"), *base, *flags)[0] == 0
+    for name in ("config.json", "policy_preprocessor.json", "policy_postprocessor.json"):
+        a, b = (json.loads((tmp_path / d / name).read_text()) for d in "ab")
+        assert a == b, name
+    pre = json.loads((tmp_path / "b" / "policy_preprocessor.json").read_text())["steps"]
+    assert any(s.get("class", "").endswith("AdaptToPiInputsStep") for s in pre)
+    code, err = run(*common, str(tmp_path / "c"), *base, "--robot", "aloha", "--adapt-to-pi")
+    assert code == 2 and "--delta-action-mask" in err and not (tmp_path / "c").exists()

@@ -114,7 +114,7 @@ def _profile(req: ConvertRequest, det: Detection) -> Profile:
             "plus --state-dim / --action-dim / --camera-map")
     profile = load_profile(req.profile).with_overrides(**req.overrides)
     profile.check_model(det.model == "pi05")
-    for name in ("state_dim", "action_dim"):
+    for name in ("state_dim", "action_dim", "delta_action_mask", "adapt_to_pi"):  # the last two: OUT's host steps
         profile.require(name)
     return profile
 
