@@ -139,3 +139,21 @@ def test_base_profile_with_serving_flags_writes_pi05_alohas_processors(tmp_path,
     assert any(s.get("class", "").endswith("AdaptToPiInputsStep") for s in pre)
     code, err = run(*common, str(tmp_path / "c"), *base, "--robot", "aloha", "--adapt-to-pi")
     assert code == 2 and "--delta-action-mask" in err and not (tmp_path / "c").exists()
+
+
+def test_delta_out_records_the_rollout_note(tmp_path):
+    import json
+
+    from pibridge.convert.convert import DELTA_NOTE, ConvertRequest, convert
+    from pibridge.convert.synth import write_synthetic_checkpoint
+
+    ck = tmp_path / "ck"
+    write_synthetic_checkpoint(ck, variant="tiny-pi0", profile="pi0_libero", asset_id="physical-intelligence/libero",
+                               progress=False)
+    rec = convert(ConvertRequest(ckpt=ck, out=tmp_path / "out", profile="pi0_libero", allow_tiny=True,
+                                 camera_map="base_0_rgb=image,left_wrist_0_rgb=wrist_image"))
+    host = rec["host_transforms"]
+    assert host["notes"] == [DELTA_NOTE] and "--inference.type=rtc" in DELTA_NOTE
+    assert host["delta_action_mask"] == [True] * 6 + [False] and host["action_feature_names"][-1] == "gripper"
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["use_relative_actions"] is True and cfg["relative_exclude_joints"] == ["gripper"]

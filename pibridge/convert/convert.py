@@ -201,6 +201,12 @@ def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | Non
     return {"config": config, "pre": pre, "post": post, "states": states, "prompt": prompt, "host": host}
 
 
+DELTA_NOTE = ("delta actions: OUT's postprocessor adds the state its preprocessor cached (OpenPI's AbsoluteActions); "
+              "lerobot-rollout needs --inference.type=rtc (its sync engine refuses relative-action policies, "
+              "rollout/context.py:477-483), and per-tick select_action loops (lerobot-eval) re-anchor each queued "
+              "action on the current state, not the chunk's first one")
+
+
 def _relative_fields(p: Profile) -> dict[str, Any]:
     """OpenPI's delta-action mask as LeRobot's relative / absolute action steps express it: enabled, with
     action names whose "gripper" dims are exactly the absolute ones (pibridge.hostx.action_names)."""
@@ -264,6 +270,8 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
             _write_tokenizer(Path(req.tokenizer), tmp / "tokenizer")
         record = _provenance(r, req, side, fingerprint)
         _write_json(tmp / PROVENANCE_FILE, record, indent=2)
+    if r.profile.delta_action_mask:
+        console.print(f"[yellow]note[/] {DELTA_NOTE}", markup=True, highlight=False)
     console.print(f"[green]wrote[/] {out} ({r.plan.total_bytes() / 1e9:.2f} GB of weights, "
                   f"{len(r.plan.tensors)} tensors) for LeRobot {req.lerobot_version} / transformers {r.transformers_version}")
     return record
@@ -390,7 +398,8 @@ def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) 
         "host_transforms": {"default_prompt": side["host"].default_prompt, "prompt_clean": side["host"].prompt_clean,
                             "adapt_to_pi": side["host"].adapt_to_pi,
                             "delta_action_mask": list(r.profile.delta_action_mask or ()),
-                            "action_feature_names": side["config"].get("action_feature_names")},
+                            "action_feature_names": side["config"].get("action_feature_names"),
+                            "notes": [DELTA_NOTE] if r.profile.delta_action_mask else []},
         "target": {"lerobot_version": req.lerobot_version, "transformers_version": r.transformers_version,
                    "weights_dtype": req.weights_dtype, "runtime_dtype": req.runtime_dtype},
         "folds": list(side["states"].folds) + ([FOLD_ID] if req.fold_bf16_params else []), "fold_inexact_elements": side["states"].inexact,
