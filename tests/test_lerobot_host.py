@@ -64,12 +64,14 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("lerobot-host")
 
 
-def test_robot_action_matches_openpi_on_real_lerobot(work):
+@pytest.mark.parametrize("profiles", [("pi05_aloha", "pi0_libero"),  # host transforms: in the gate
+                                      pytest.param(("pi05_droid",), marks=pytest.mark.slow)])  # none (gate budget)
+def test_robot_action_matches_openpi_on_real_lerobot(work, profiles):
     from pibridge.parity import stages as st
     from pibridge.parity.trace import read_trace
 
     py = h.venv_python("lr-0.6.1")
-    setups = {name: _setup(work, name) for name in CASES}
+    setups = {name: _setup(work, name) for name in profiles}
     argv = [str(py), str(Path(__file__).parent / "lerobot" / "capture_many.py")]
     for name, (_, _, out, _, path) in setups.items():
         argv += [str(out), str(path), str(work / f"lr-{name}.safetensors")]
