@@ -251,6 +251,7 @@ def parity_run(
     html: Annotated[Optional[Path], typer.Option(help="Write the HTML report here.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here.")] = None,
     workdir: Annotated[Optional[Path], typer.Option(help="Where traces and the observation go (default: a new temp dir).")] = None,
+    keep_temp: Annotated[bool, typer.Option(help="Keep the temporary directory of a failed run (named on exit).")] = False,
 ) -> None:
     """Capture both stacks in their own processes, compare, report; exit 1 when a model stage diverges."""
     from pibridge.parity.run import RunRequest, run
@@ -258,7 +259,7 @@ def parity_run(
     run(RunRequest(openpi=openpi, lerobot=lerobot, obs=obs, torch_stack=torch_stack, precision=precision.value,
                    shared_preprocessing=shared_preprocessing, resize=resize.value, fixes=fixes, steps=steps,
                    tokenizer=tokenizer, tolerances=tolerances, jax_python=jax_python, torch_python=torch_python,
-                   html=html, json=json_out, workdir=workdir))
+                   html=html, json=json_out, workdir=workdir, keep_temp=keep_temp))
 
 
 class Interrupted(BaseException):

@@ -25,6 +25,7 @@ from reliability import build as B
 CONVERT = ("convert", "ck", "out", "--profile", B.PROFILE, "--allow-tiny", "--camera-map", B.CAMS)
 FLAGS = CONVERT[3:]
 COMPARE = ("parity", "compare", "a", "b")
+RUN = ("parity", "run", "--openpi", "ck", "--lerobot", "out")
 CAPTURE = ("parity", "capture", "--stack", "jax", "--ckpt", "ck", "--obs", "obs", "--out", "trace")
 MLP = ("PaliGemma", "llm", "layers", "mlp", "linear")
 BIAS = ("action_in_proj", "bias")
@@ -427,6 +428,12 @@ CASES: tuple[Case, ...] = (
          traces_and_tolerances({"rules": [{"pattern": "*", "precision": "*", "max_abs": 1e-3, "min_cosine": 0.9999}]},
                                b_scale=0.01),
          COMPARE + ("--tolerances", "tol.json"), 1, ("parity failed: first diverging stage input/state (fail)",)),
+    Case("run-html-dir-missing", "parity", "`parity run --html` into a missing directory: refused before any capture",
+         own_out(ck()), RUN + ("--html", "nope/report.html"), 2, ("--html nope/report.html: directory nope does not exist",)),
+    Case("run-out-from-other-norm-stats", "parity", "`parity run` with a checkpoint whose norm stats differ from the "
+         "ones OUT was converted with: refused before any capture",
+         own_out(ck(stats(set_stat("state", "mean", lambda v: [v[0] + 1.0] + v[1:])))), RUN, 2,
+         ("was converted with the norm stats of asset 'droid'",)),
     Case("obs-missing", "parity", "capture with an observation path that does not exist",
          capture_inputs(lambda p: None), CAPTURE, 2, ("observation file obs not found",)),
     Case("obs-corrupted", "parity", "capture with a corrupted observation file", capture_inputs(corrupt_obs),
