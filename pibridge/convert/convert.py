@@ -29,6 +29,7 @@ from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
 from pibridge.convert.lerobot_processors import build_processor_jsons
 from pibridge.convert.openpi_torch import OpenPITorchCheckpoint, is_openpi_torch_dir
+from pibridge.convert.relocate import relocate_command
 from pibridge.convert.plan import ConversionPlan, iter_tensors, plan_conversion
 from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
@@ -240,11 +241,16 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
         write_normalizer_files(tmp, side["states"], target.normalizer_step, target.unnormalizer_step)
         if req.tokenizer:
             _write_tokenizer(Path(req.tokenizer), tmp / "tokenizer")
-        record = _provenance(r, req, side, fingerprint)
+        record = _provenance(r, req, side, fingerprint, (tmp / "tokenizer" / "tokenizer.json").is_file())
         record["files"] = file_list(tmp, known={"model.safetensors": weights_hash}, skip=[PARTIAL_MARKER])
         _write_json(tmp / PROVENANCE_FILE, record, indent=2)
     console.print(f"[green]wrote[/] {out} ({r.plan.total_bytes() / 1e9:.2f} GB of weights, "
                   f"{len(r.plan.tensors)} tensors) for LeRobot {req.lerobot_version} / transformers {r.transformers_version}")
+    console.print(f"loads with: {', '.join(record['loads_with'])}", markup=False, highlight=False)
+    if req.tokenizer:
+        console.print(f"tokenizer: policy_preprocessor.json names {final_tok}; after moving or copying OUT, LeRobot "
+                      f"with the pibridge plugin re-points it itself, without the plugin run: "
+                      f"{relocate_command(Path('NEW_OUT'))}", markup=False, highlight=False)
     return record
 
 
@@ -356,9 +362,25 @@ def _write_tokenizer(spm: Path, dest: Path) -> None:
         "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
         "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
         "padding_side": "right", "model_max_length": 1000000}, indent=2)
+    _write_fast_tokenizer(dest)
 
 
-def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) -> dict[str, Any]:
+def _write_fast_tokenizer(dest: Path) -> None:
+    """tokenizer.json (the `tokenizers` serialisation) beside tokenizer.model, so LeRobot loads OUT/tokenizer
+    without sentencepiece (lerobot[pi] does not install it; transformers then fails asking for tiktoken). Made
+    by the installed transformers' own SentencePiece conversion (same token ids, tests/test_out_travels.py);
+    without transformers here, OUT keeps tokenizer.model only and `loads_with` names sentencepiece."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return
+    backend = getattr(AutoTokenizer.from_pretrained(str(dest)), "backend_tokenizer", None)
+    if backend is not None:
+        backend.save(str(dest / "tokenizer.json"))
+
+
+def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str,
+                fast_tokenizer: bool = False) -> dict[str, Any]:
     fixes = applicable_fixes(r.transformers_version, req.lerobot_version, req.runtime_dtype)
     return {
         "pibridge_version": __version__,
@@ -371,9 +393,19 @@ def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) 
                    "weights_dtype": req.weights_dtype, "runtime_dtype": req.runtime_dtype},
         "folds": list(side["states"].folds) + ([FOLD_ID] if req.fold_bf16_params else []), "fold_inexact_elements": side["states"].inexact,
         "runtime_fixes_needed": [f.id for f in fixes if f.kind == "runtime"],
+        "loads_with": _loads_with(req, [f.id for f in fixes if f.kind == "runtime"], fast_tokenizer),
         "layout_fixes": [f.id for f in fixes if f.kind == "layout"],
         "tensors": len(r.plan.tensors), "weights_bytes": r.plan.total_bytes(),
     }
+
+
+def _loads_with(req: ConvertRequest, runtime_fixes: list[str], fast: bool) -> list[str]:
+    """What must be installed where OUT is loaded: stock LeRobot, plus the plugin when OUT needs what only it
+    does (runtime fixes; re-pointing a bundled tokenizer after OUT moves, else relocate)."""
+    why = [f"runtime fixes {', '.join(runtime_fixes)}"] if runtime_fixes else []
+    why += [f"its tokenizer/ after a move or copy (else {relocate_command(Path('OUT'))})"] if req.tokenizer else []
+    need = [f"lerobot[pi]=={req.lerobot_version}"] + ([f"lerobot_policy_pibridge ({'; '.join(why)})"] if why else [])
+    return need + (["sentencepiece (OUT/tokenizer has no tokenizer.json)"] if req.tokenizer and not fast else [])
 
 
 def _print_audit(r: Resolved, console) -> None:
