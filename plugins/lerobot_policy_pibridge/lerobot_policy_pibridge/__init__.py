@@ -17,6 +17,8 @@ Interpreter start: `python -m lerobot_policy_pibridge --install-hook` writes a .
 imports `_startup` (stdlib only), which wraps the two policy classes as soon as their modules are imported, so a
 bare `PI05Policy.from_pretrained(OUT)` (no LeRobot script, no register_third_party_plugins) gets the load check
 and the runtime fixes too.
+A regular (non-editable) install puts lerobot_policy_pibridge_startup.pth into site-packages (setup.py);
+editable installs do not carry it: `python -m lerobot_policy_pibridge --install-hook` writes it.
 Any other directory or hub id loads exactly as before. Switch off with PIBRIDGE_RUNTIME_FIXES=0.
 Result on the policy: `policy.pibridge_fixes` {fix id: places changed}.
 """
@@ -68,6 +70,8 @@ def _wrap(cls) -> None:
     @functools.wraps(original)
     def from_pretrained(klass, pretrained_name_or_path=None, *args, **kwargs):
         policy = original(klass, pretrained_name_or_path, *args, **kwargs)
+        if os.environ.get("PIBRIDGE_PLUGIN_WRAP") == "0":  # pibridge's own LeRobot capture does both itself
+            return policy
         out = _pibridge_dir(pretrained_name_or_path)
         return after_load(policy, out) if out is not None else policy
 
