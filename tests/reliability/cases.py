@@ -434,6 +434,10 @@ CASES: tuple[Case, ...] = (
          "ones OUT was converted with: refused before any capture",
          own_out(ck(stats(set_stat("state", "mean", lambda v: [v[0] + 1.0] + v[1:])))), RUN, 2,
          ("was converted with the norm stats of asset 'droid'",)),
+    Case("capture-obs-misses-a-camera", "parity", "`parity capture --stack torch` with an observation lacking a camera "
+         "OUT fills: refused before torch starts", own_out(capture_inputs(raw_obs(base_0_rgb=np.zeros(RGB, np.uint8)))),
+         ("parity", "capture", "--stack", "torch", "--lerobot", "out", "--obs", "obs", "--out", "trace"), 2,
+         ("does not fit OUT's profile 'pi05_droid'", "no image for slot(s) left_wrist_0_rgb")),
     Case("obs-missing", "parity", "capture with an observation path that does not exist",
          capture_inputs(lambda p: None), CAPTURE, 2, ("observation file obs not found",)),
     Case("obs-corrupted", "parity", "capture with a corrupted observation file", capture_inputs(corrupt_obs),
