@@ -18,21 +18,21 @@ from typing import Any
 import numpy as np
 
 from pibridge import __version__
-from pibridge.convert.atomic import PARTIAL_MARKER, atomic_output_dir, check_output_target, recover_stale
 from pibridge.convert.assets import check_fit, choose_asset
+from pibridge.convert.atomic import PARTIAL_MARKER, atomic_output_dir, check_output_target, recover_stale
 from pibridge.convert.detect import Detection, detect
 from pibridge.convert.fingerprint import Fingerprint
 from pibridge.convert.fixtable import applicable_fixes, parse_version
-from pibridge.convert.guard import PROVENANCE_FILE, check_no_overlap, check_replaceable, file_list, is_empty_dir
 from pibridge.convert.folds import FOLD_ID, fold_bf16_param
+from pibridge.convert.guard import PROVENANCE_FILE, check_no_overlap, check_replaceable, file_list, is_empty_dir
 from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
 from pibridge.convert.lerobot_processors import build_processor_jsons
 from pibridge.convert.openpi_torch import OpenPITorchCheckpoint, is_openpi_torch_dir
-from pibridge.convert.relocate import relocate_command
 from pibridge.convert.plan import ConversionPlan, iter_tensors, plan_conversion
 from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
+from pibridge.convert.relocate import relocate_command
 from pibridge.convert.safetensors_writer import SafetensorsWriter, spec
 from pibridge.errors import PibridgeError
 
@@ -372,9 +372,10 @@ def _write_fast_tokenizer(dest: Path) -> None:
     without transformers here, OUT keeps tokenizer.model only and `loads_with` names sentencepiece."""
     try:
         from transformers import AutoTokenizer
-    except ImportError:
+
+        backend = getattr(AutoTokenizer.from_pretrained(str(dest)), "backend_tokenizer", None)
+    except Exception:  # noqa: BLE001  no transformers / no SentencePiece converter here: tokenizer.model only
         return
-    backend = getattr(AutoTokenizer.from_pretrained(str(dest)), "backend_tokenizer", None)
     if backend is not None:
         backend.save(str(dest / "tokenizer.json"))
 
