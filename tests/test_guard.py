@@ -82,3 +82,24 @@ def test_fitting_profiles_for_aloha_and_droid_dims():
     assert {"pi05_aloha"} <= set(fitting_profiles("pi05", {"state": 14, "actions": 14}))
     assert "pi05_droid" in fitting_profiles("pi05", {"state": 8, "actions": 8})
     assert "pi05_droid" not in fitting_profiles("pi05", {"state": 14, "actions": 14})
+
+
+def test_relocate_repoints_the_tokenizer_and_keeps_out_replaceable(tmp_path):
+    """`python -m pibridge.convert.relocate OUT` after a move: the stored path becomes OUT's own tokenizer/, and the
+    file list follows, so `convert --force` still recognises OUT as pibridge's."""
+    import sys
+
+    out = tmp_path / "moved"
+    (out / "tokenizer").mkdir(parents=True)
+    steps = [{"registry_name": "tokenizer_processor", "config": {"tokenizer_name": "/gone/OUT/tokenizer"}}]
+    _own(out, {"policy_preprocessor.json": json.dumps({"steps": steps}).encode(), "tokenizer/tokenizer.model": b"m"})
+    p = subprocess.run([sys.executable, "-m", "pibridge.convert.relocate", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0 and "/gone/OUT/tokenizer ->" in p.stdout, p.stderr
+    doc = json.loads((out / "policy_preprocessor.json").read_text())
+    assert doc["steps"][0]["config"]["tokenizer_name"] == str((out / "tokenizer").resolve())
+    check_replaceable(out)
+    again = subprocess.run([sys.executable, "-m", "pibridge.convert.relocate", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0 and "already points" in again.stdout
+    bad = subprocess.run([sys.executable, "-m", "pibridge.convert.relocate", str(tmp_path)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("pibridge: error:")
