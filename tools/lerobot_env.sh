@@ -17,7 +17,7 @@
 # before .pth entries on sys.path, so anything a venv installs itself still wins.
 #
 # Cached: each venv records the exact requirement string in .venvs/<name>/.pibridge-stamp; a rerun with the
-# same strings does nothing. Usage: tools/lerobot_env.sh [names...]   (default: lr-0.6.1 lr-0.5.1)
+# same strings does nothing. Usage: tools/lerobot_env.sh [names...]   (default: lr-0.6.1 lr-0.5.1 lr-0.6.1-bare)
 # Env: PY312 (interpreter), VENVS (directory, default .venvs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ declare -A REQ=(
   [lr-0.5.0]="lerobot[pi]==0.5.0 transformers>=5.5,<5.6 protobuf sentencepiece<0.2.3"
   [lr-0.6.1-bare]="lerobot[pi]==0.6.1 transformers>=5.4,<5.6 protobuf"
 )
-NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(lr-0.6.1 lr-0.5.1)
+NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(lr-0.6.1 lr-0.5.1 lr-0.6.1-bare)
 mkdir -p "$VENVS"
 
 stamp_ok() { [ -f "$1/.pibridge-stamp" ] && [ "$(cat "$1/.pibridge-stamp")" = "$2" ]; }
