@@ -315,6 +315,7 @@ def parity_run(
     workdir: Annotated[Optional[Path], typer.Option(help="Where traces and the observation go (default: a new temp dir).")] = None,
     summary: Annotated[bool, typer.Option("--summary", help="Terminal: the verdict only (the files keep everything).")] = False,
     only_failing: Annotated[bool, typer.Option("--only-failing", help="Terminal: only the failing stages' rows.")] = False,
+    keep_temp: Annotated[bool, typer.Option(help="Keep the temporary directory of a failed run (named on exit).")] = False,
 ) -> None:
     """Capture both stacks in their own processes, compare, report; exit 1 when a model stage diverges.
 
@@ -325,7 +326,8 @@ def parity_run(
     run(RunRequest(openpi=openpi, lerobot=lerobot, obs=obs, torch_stack=torch_stack, precision=precision_token(precision),
                    shared_preprocessing=shared_preprocessing, resize=resize.value, fixes=fixes, steps=steps,
                    tokenizer=tokenizer, tolerances=tolerances, jax_python=jax_python, torch_python=torch_python,
-                   html=html, json=json_out, workdir=workdir, view=_view(summary, only_failing)))
+                   html=html, json=json_out, workdir=workdir, view=_view(summary, only_failing),
+                   keep_temp=keep_temp))
 
 
 def _view(summary: bool, only_failing: bool) -> str:

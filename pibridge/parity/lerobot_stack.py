@@ -26,6 +26,7 @@ import importlib.metadata as md
 import inspect
 import io
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ def policy_class(model: str):
 def load_policy(out_dir: Path, model: str):
     """The real `from_pretrained`, then pibridge's own check of the load (LeRobot only prints a warning)."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    os.environ["PIBRIDGE_PLUGIN_WRAP"] = "0"  # the plugin (if its startup hook wrapped the class) stands aside:
+    with contextlib.redirect_stdout(buf):  # this capture checks the load and applies (or not) the fixes itself
         policy = policy_class(model).from_pretrained(str(out_dir))
     check = verify_load(policy, Path(out_dir) / "model.safetensors", buf.getvalue())
     if not check.ok:
