@@ -28,15 +28,16 @@ def merge_scaling(adapter: Adapter, settings: Mapping[tuple[int, str], LoraSetti
 
 
 def merge_layer(adapter: Adapter, w: np.ndarray, a: np.ndarray, b: np.ndarray, scaling: float) -> np.ndarray:
-    """One layer's merged weight, float32. w (..., X, Y), a (..., X, r), b (..., r, Y)."""
-    w, a, b = (np.asarray(x).astype(np.float32) for x in (w, a, b))
+    """One layer's merged weight, float32. w (..., X, Y), a (..., X, r), b (..., r, Y). One float32 layer-sized
+    array: the stored (bf16) base is widened inside the add, not copied first."""
+    a, b = (np.asarray(x).astype(np.float32) for x in (a, b))
     if adapter.role == "attn_vec_einsum":
         delta = a @ b.sum(axis=0)  # (N, H, r) @ (r, D) -> (N, H, D): N summed out of B
     else:
         delta = a @ b  # (..., X, r) @ (..., r, Y) -> (..., X, Y)
     if scaling != 1.0:
         delta *= np.float32(scaling)
-    delta += w
+    np.add(delta, np.asarray(w), out=delta)  # float32 result (a bf16 w is cast exactly, chunk by chunk)
     return delta
 
 
