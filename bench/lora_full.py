@@ -2,8 +2,8 @@
 one run.
 
 1. synth pi05 --lora both (OpenPI's variants: PaliGemma rank 16, expert rank 32; training layout, the llm base
-   bf16, factors and the rest float32) and, as the non-LoRA baseline, pi05 training layout stored bf16 (same base
-   tree; its SigLIP / heads are bf16 where the LoRA tree has them float32: noted in the JSON);
+   bf16, factors and the rest float32) and, as the non-LoRA baseline, the same checkpoint without its factor leaves
+   (identical base leaves and dtypes: synth's LoRA plan with the factors filtered out, in a child process);
 2. per checkpoint: `pibridge convert --weights-dtype bfloat16 --runtime-dtype bfloat16` (child process: wall, peak
    RSS from os.wait4), then the sequential I/O floor of bench/convert_full.py on the same output bytes;
 3. the two outputs' key / shape / dtype lists must be identical (LeRobot's reference listing too).
@@ -36,12 +36,22 @@ def keys_of(out: Path) -> dict:
         return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
 
 
-def one(work: Path, name: str, synth_args: list[str]) -> tuple[dict, dict]:
+NO_FACTORS = r"""
+import sys
+import pibridge.convert.synth as s
+plan = s.plan_leaves
+s.plan_leaves = lambda *a, **k: [p for p in plan(*a, **k) if "lora" not in "/".join(p.path)]
+s.write_synthetic_checkpoint(sys.argv[1], variant="pi05", layout="training", profile="pi05_droid", asset_id="droid",
+                             lora=s.LoraRequest())
+"""
+
+
+def one(work: Path, name: str, factors: bool) -> tuple[dict, dict]:
     ck, out, floor = work / name, work / f"{name}-out", work / "floor.bin"
     row = {"checkpoint": name}
-    row["synth_s"], row["synth_peak_rss"], _ = run_measured(CLI + ["synth", str(ck), "--variant", "pi05",
-                                                                  "--profile", "pi05_droid", "--asset-id", "droid",
-                                                                  *synth_args])
+    synth = (CLI + ["synth", str(ck), "--variant", "pi05", "--profile", "pi05_droid", "--asset-id", "droid", "--lora",
+                    "both"]) if factors else [PY, "-c", NO_FACTORS, str(ck)]
+    row["synth_s"], row["synth_peak_rss"], _ = run_measured(synth)
     from pibridge.convert.reader import open_checkpoint
 
     leaves = open_checkpoint(ck).leaves
@@ -69,16 +79,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lora_full.json")
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
-    lora, lora_keys = one(a.workdir, "pi05-lora", ["--lora", "both"])
+    lora, lora_keys = one(a.workdir, "pi05-lora", True)
     print(json.dumps({k: v for k, v in lora.items() if k != "lora_provenance"}), flush=True)
-    base, base_keys = one(a.workdir, "pi05-bf16", ["--layout", "training", "--dtype", "bfloat16"])
+    base, base_keys = one(a.workdir, "pi05-lora-factors-removed", False)
     print(json.dumps(base), flush=True)
     doc = {"lora": lora, "non_lora": base, "keys_identical": lora_keys == base_keys, "n_keys": len(lora_keys),
            "rss_over_non_lora": lora["convert_peak_rss"] - base["convert_peak_rss"],
            "rss_target": base["convert_peak_rss"] + LAYER_F32_SLICE,
            "rss_within_target": lora["convert_peak_rss"] <= base["convert_peak_rss"] + LAYER_F32_SLICE,
-           "note": "non-LoRA baseline stored all-bf16 (SigLIP / heads bf16, 0.4 B params that the LoRA tree keeps "
-                   "float32); both written as LeRobot's bf16 layout"}
+           "note": "non-LoRA baseline: the same base leaves and dtypes without the factor leaves; both written as "
+                   "LeRobot's bf16 layout, one after the other on this shared VM"}
     a.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({k: v for k, v in doc.items() if k not in ("lora", "non_lora")}, indent=2))
     subprocess.run(["rm", "-rf", str(a.workdir)], check=False)

@@ -41,22 +41,41 @@ def merge_layer(adapter: Adapter, w: np.ndarray, a: np.ndarray, b: np.ndarray, s
     return delta
 
 
+PART_ROLES = ("kv_einsum", "gating_einsum")  # the first per-layer axis is the plan's part (k / v, gate / up)
+
+
 class MergedLeaf:
-    """A stacked base leaf plus its factors; `leaf[i]` is layer i merged in float32 (the last one cached, so
-    the kv / gating parts of a layer share one merge). Holds the stored leaves, never a merged stack."""
+    """A stacked base leaf plus its factors; `leaf[i]` is layer i merged in float32, `leaf[i][part]` for kv / gating
+    only that part (the merge is batched over those axes, so a part merges alone). The last merge is cached; the
+    stored leaves are held, never a merged stack."""
 
     def __init__(self, adapter: Adapter, base: np.ndarray, a: np.ndarray, b: np.ndarray, scaling: float):
         self.adapter, self.base, self.a, self.b, self.scaling = adapter, base, a, b, scaling
         self.shape, self.dtype = tuple(base.shape), np.dtype(np.float32)
-        self._cache: tuple[int, np.ndarray] | None = None
+        self._cache: tuple[tuple, np.ndarray] | None = None
 
     def __getitem__(self, i):
         if not isinstance(i, (int, np.integer)):
             raise TypeError("MergedLeaf is indexed one layer at a time")
-        if self._cache is None or self._cache[0] != i:
-            self._cache = None  # release the previous layer first
-            self._cache = (int(i), merge_layer(self.adapter, self.base[i], self.a[i], self.b[i], self.scaling))
+        if self.adapter.role in PART_ROLES:
+            return _LayerParts(self, int(i))
+        return self.merged((int(i),))
+
+    def merged(self, idx: tuple) -> np.ndarray:
+        if self._cache is None or self._cache[0] != idx:
+            self._cache = None  # release the previous slice first
+            self._cache = (idx, merge_layer(self.adapter, self.base[idx], self.a[idx], self.b[idx], self.scaling))
         return self._cache[1]
+
+
+class _LayerParts:
+    """Layer i of a kv / gating MergedLeaf: indexed by part, merged on demand."""
+
+    def __init__(self, leaf: MergedLeaf, i: int):
+        self.leaf, self.i, self.shape = leaf, i, leaf.shape[1:]
+
+    def __getitem__(self, part) -> np.ndarray:
+        return self.leaf.merged((self.i, int(part)))
 
 
 def merging_reader(read: Callable[[Path], np.ndarray], tree: LoraTree,
