@@ -25,6 +25,7 @@ from pibridge.convert.fingerprint import Fingerprint
 from pibridge.convert.fixtable import applicable_fixes, parse_version
 from pibridge.convert.folds import FOLD_ID, fold_bf16_param
 from pibridge.convert.guard import PROVENANCE_FILE, check_no_overlap, check_replaceable, file_list, is_empty_dir
+from pibridge.convert.lora import EXPERTS, merge_rule, parse_per_expert, parse_rslora, resolve_settings
 from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
 from pibridge.convert.lerobot_processors import build_processor_jsons
@@ -60,6 +61,8 @@ class ConvertRequest:
     allow_nonfinite: bool = False
     dry_run: bool = False
     force: bool = False
+    lora_alpha: str | None = None  # "8" or "paligemma=16,action_expert=32" (lora.parse_per_expert)
+    lora_rslora: str | None = None  # experts trained with rsLoRA: "both", "paligemma" or "action_expert"
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,15 @@ def resolve(req: ConvertRequest) -> Resolved:
     target = lerobot_target(req.lerobot_version, det.model)
     tv = req.transformers_version or target.transformers_default
     parse_version(tv, "transformers")
-    plan = plan_conversion(ckpt.leaves, transformers_version=tv, weights_dtype=req.weights_dtype, detection=det)
+    lora = None
+    if det.lora is not None:
+        lora = resolve_settings(det.lora, parse_per_expert(req.lora_alpha, "--lora-alpha", float),
+                                parse_rslora(req.lora_rslora))
+    elif req.lora_alpha is not None or req.lora_rslora is not None:
+        raise PibridgeError("--lora-alpha / --lora-rslora for a checkpoint without LoRA factors",
+                            "a LoRA fine-tune (lora_a / lora_b leaves)", "drop the LoRA flags")
+    plan = plan_conversion(ckpt.leaves, transformers_version=tv, weights_dtype=req.weights_dtype, detection=det,
+                           lora=lora)
     plan.accounting.require_complete(f"converting {req.ckpt}")
     return Resolved(ckpt, det, profile, names, empty, tv, plan)
 
@@ -314,7 +325,7 @@ def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bo
             c.result()
         last_check.clear()
         arr = (prefetched.pop(leaf_path, None) or start(leaf_path)).result()
-        nxt = following[leaf_path]
+        nxt = following.get(leaf_path)  # LoRA factors are read with their base leaf, outside the plan order
         if nxt is not None and arr.nbytes + 2 * sizes[nxt] <= limit:
             prefetched[nxt] = start(nxt)
         last_check.append(checks.submit(check, leaf_path, arr))
@@ -408,6 +419,7 @@ def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str,
         "loads_with": _loads_with(req, [f.id for f in fixes if f.kind == "runtime"], fast_tokenizer),
         "layout_fixes": [f.id for f in fixes if f.kind == "layout"],
         "tensors": len(r.plan.tensors), "weights_bytes": r.plan.total_bytes(),
+        "lora": _lora_provenance(r.plan),
     }
 
 
@@ -420,11 +432,27 @@ def _loads_with(req: ConvertRequest, runtime_fixes: list[str], fast: bool) -> li
     return need + (["sentencepiece (OUT/tokenizer has no tokenizer.json)"] if req.tokenizer and not fast else [])
 
 
+def _lora_provenance(plan: ConversionPlan) -> dict[str, Any] | None:
+    if plan.lora_tree is None:
+        return None
+    return {"merged": True, "experts": list(plan.lora_tree.experts),
+            "settings": {f"{EXPERTS[e]}/{k}": v.to_dict() for (e, k), v in sorted(plan.lora.items())},
+            "adapters": {"/".join(a.base): merge_rule(a, plan.lora) for a in plan.lora_tree.adapters},
+            "factor_leaves": len(plan.lora_tree.factor_leaves()),
+            "note": "weights are base + LoRA merged in float32, cast once; the inverse map gives the merged base tree"}
+
+
 def _print_audit(r: Resolved, console) -> None:
     width = max(len(t.key) for t in r.plan.tensors)
     for t in r.plan.tensors:
         console.print(t.audit_line(width), markup=False, highlight=False, soft_wrap=True)
     a = r.plan.accounting
+    if r.plan.lora_tree is not None:
+        for (e, k), v in sorted(r.plan.lora.items()):
+            console.print(f"LoRA {EXPERTS[e]} {k}: rank {v.rank}, alpha {v.alpha:g}{', rsLoRA' if v.rslora else ''}, "
+                          f"scaling {v.scaling:g}{'' if k == 'attn' else ' (not applied: lora.FeedForward)'} "
+                          f"({v.source}); {len(r.plan.lora_tree.factor_leaves())} factor leaves merged",
+                          markup=False, highlight=False)
     console.print(f"{r.detection.model} ({r.detection.variant.name}), {len(r.plan.tensors)} tensors, "
                   f"{r.plan.total_bytes() / 1e9:.2f} GB, transformers key layout {r.transformers_version}; "
                   f"ignored sources: {len(a.ignored_sources)}, synthesized: {len(a.synthesized)}; "

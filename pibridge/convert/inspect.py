@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pibridge.configs import load_variant, variant_names
+from pibridge.convert.lora import EXPERTS, is_lora_path, resolve_settings, split_lora
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
 from pibridge.convert.tree import openpi_tree_shapes
 from pibridge.errors import PibridgeError
@@ -47,6 +48,7 @@ class Report:
     norm_stats: list  # [{"asset_id", "keys": {key: {"dim", "fields"}}} | {"asset_id", "error"}]
     synth: dict | None
     suggestions: list = ()  # per asset: {"asset_id", "state", "actions", "profiles", "command"} (assets.py)
+    lora: dict | None = None  # LoRA factors: experts, rank per expert / kind, the scaling convert would assume
 
 
 def match_variant(shapes: dict[TreePath, tuple[int, ...]]) -> VariantMatch:
@@ -74,6 +76,7 @@ def inspect_checkpoint(ckpt: Path | str) -> Report:
     ck = open_checkpoint(ckpt)
     shapes = {p: i.shape for p, i in ck.leaves.items()}
     model, sizes, derr = _detect(shapes)
+    lora = _lora_summary(shapes)
     dtypes: dict[str, dict[str, int]] = {}
     for info in ck.leaves.values():
         d = dtypes.setdefault(info.dtype, {"leaves": 0, "params": 0})
@@ -81,9 +84,10 @@ def inspect_checkpoint(ckpt: Path | str) -> Report:
         d["params"] += math.prod(info.shape)
     leaves = [{"path": "/".join(p), "shape": list(i.shape), "dtype": i.dtype, "bytes": i.nbytes, "chunks": list(i.chunks)}
               for p, i in ck.leaves.items()]
-    return Report(str(ck.root), str(ck.params_dir), ck.layout, match_variant(shapes), model, sizes, derr,
+    base = {p: s for p, s in shapes.items() if not is_lora_path(p)} if lora else shapes
+    return Report(str(ck.root), str(ck.params_dir), ck.layout, match_variant(base), model, sizes, derr,
                   len(leaves), ck.n_params, sum(i.nbytes for i in ck.leaves.values()), _disk_bytes(ck.params_dir),
-                  dtypes, leaves, _norm_stats_summary(ck), ck.synth_record, _suggestions(ck, model))
+                  dtypes, leaves, _norm_stats_summary(ck), ck.synth_record, _suggestions(ck, model), lora)
 
 
 def _suggestions(ck: OpenPICheckpoint, model: str | None) -> list[dict]:
@@ -110,6 +114,26 @@ def _suggestions(ck: OpenPICheckpoint, model: str | None) -> list[dict]:
                    + (" --camera-map " + ",".join(f"{s}=NAME" for s in slots) if slots else ""))
         out.append({"asset_id": asset_id, **found, "profiles": names, "command": cmd})
     return out
+
+
+
+def _lora_summary(shapes) -> dict | None:
+    """Ranks per expert and kind, the adapted experts, and the scaling `convert` assumes without flags."""
+    try:
+        _, tree = split_lora(shapes)
+    except PibridgeError:
+        return None  # detect_error says why
+    if tree is None:
+        return None
+    ranks = {f"{EXPERTS[e]}/{k}": r for (e, k), r in sorted(tree.ranks().items())}
+    try:
+        assumed = {f"{EXPERTS[e]}/{k}": v.to_dict() for (e, k), v in sorted(resolve_settings(tree).items())}
+        note = "OpenPI's variant for the rank; alpha / rsLoRA are not in the checkpoint: pass --lora-alpha / " \
+               "--lora-rslora to convert if the training config differs"
+    except PibridgeError as err:
+        assumed, note = None, err.found + ": convert needs --lora-alpha"
+    return {"experts": list(tree.experts), "ranks": ranks, "factor_leaves": len(tree.factor_leaves()),
+            "scaling_assumed": assumed, "note": note}
 
 
 def _detect(shapes) -> tuple[str | None, dict | None, str | None]:
@@ -179,6 +203,13 @@ def _print_rich(r: Report, show_leaves: bool) -> None:
             c.print(f"  ... and {len(r.variant.differences) - 20} more (--json lists all)")
     if r.detect_error:
         c.print(f"detect: {r.detect_error}")
+    if r.lora:
+        c.print(f"LoRA on {', '.join(r.lora['experts'])}: {r.lora['factor_leaves']} factor leaves; ranks "
+                + ", ".join(f"{k} {v}" for k, v in r.lora["ranks"].items()))
+        for k, v in (r.lora["scaling_assumed"] or {}).items():
+            c.print(f"  {k}: alpha {v['alpha']:g}{' rsLoRA' if v['rslora'] else ''} -> scaling "
+                    + (f"{v['scaling']:g}" if k.endswith("attn") else "none (lora.FeedForward)") + f" ({v['source']})")
+        c.print(f"  {r.lora['note']}")
     dt = ", ".join(f"{k} ({v['leaves']} leaves, {v['params']:,} params)" for k, v in r.dtypes.items())
     c.print(f"{r.n_leaves} leaves, {r.n_params:,} params; stored {r.stored_bytes / 1e9:.3f} GB, "
             f"on disk {r.disk_bytes / 1e9:.3f} GB; dtypes: {dt}")
