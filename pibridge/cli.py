@@ -95,18 +95,24 @@ def synth(
     variant: Annotated[str, typer.Option(help="Model sizes: pi0, pi05, tiny-pi0, tiny-pi05 (configs/variants).")] = "tiny-pi05",
     seed: Annotated[int, typer.Option(help="Seed of the version-stable weight formula (not a framework RNG).")] = 0,
     dtype: Annotated[str, typer.Option(**DTYPE, help="Stored dtype of every leaf." + DTYPE_HELP)] = "float32",
-    layout: Annotated[Layout, typer.Option(help="released: {'params': tree}; training: CheckpointManager step, leaves end in 'value'.")] = Layout.released,
+    layout: Annotated[Optional[Layout], typer.Option(help="released: {'params': tree}; training: CheckpointManager step, leaves end in 'value' (default: released; training with --lora).")] = None,
     asset_id: Annotated[str, typer.Option(help="assets/<asset_id>/norm_stats.json; may be nested (a/b).")] = "synthetic",
     profile: Annotated[Optional[str], typer.Option(help="Policy profile giving the native state / action dims of the norm stats.")] = None,
     sharp_attention: Annotated[bool, typer.Option(help="Scale q/k so attention is peaked, as in trained models.")] = False,
     outliers: Annotated[bool, typer.Option(help="Add a few large-magnitude channels, as trained models have.")] = False,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    lora: Annotated[Optional[str], typer.Option(metavar="[both|paligemma|action_expert]", help="Write a LoRA fine-tune as OpenPI's training does (training layout): LoRA on these experts, adapted llm base leaves bfloat16, factors and the rest float32.")] = None,
+    lora_rank: Annotated[Optional[str], typer.Option(help="LoRA rank: N, or paligemma=N,action_expert=M (default OpenPI's variants: 16 / 32).")] = None,
+    lora_alpha: Annotated[Optional[str], typer.Option(help="LoRA alpha recorded as the training config (default: OpenPI's variant, alpha = rank); same forms as --lora-rank.")] = None,
+    lora_rslora: Annotated[Optional[str], typer.Option(metavar="[both|paligemma|action_expert]", help="Experts trained with rsLoRA (scaling alpha/sqrt(rank)).")] = None,
 ) -> None:
     """Write a synthetic checkpoint exactly the way OpenPI writes one (orbax OCDBT/zarr), with norm stats."""
-    from pibridge.convert.synth import synth_command
+    from pibridge.convert.synth import lora_request, synth_command
 
-    synth_command(out, variant=variant, seed=seed, dtype=dtype, layout=layout.value, asset_id=asset_id,
-                  profile=profile, sharp_attention=sharp_attention, outliers=outliers, force=force)
+    layout_name = layout.value if layout else ("training" if lora else "released")
+    synth_command(out, variant=variant, seed=seed, dtype=dtype, layout=layout_name, asset_id=asset_id,
+                  profile=profile, sharp_attention=sharp_attention, outliers=outliers, force=force,
+                  lora=lora_request(lora, lora_rank, lora_alpha, lora_rslora))
 
 
 @app.command()
@@ -149,6 +155,8 @@ def convert(
     allow_nonfinite: Annotated[bool, typer.Option(help="Convert even if a weight contains NaN or Inf.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Metadata only: print one audit line per tensor on stdout, write nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists (the old one survives until the new one is complete).")] = False,
+    lora_alpha: Annotated[Optional[str], typer.Option(help="LoRA fine-tunes: the training config's alpha, N or paligemma=N,action_expert=M (default: OpenPI's variant for the rank found, 16 -> gemma_2b_lora, 32 -> gemma_300m_lora; other ranks need it).")] = None,
+    lora_rslora: Annotated[Optional[str], typer.Option(metavar="[both|paligemma|action_expert]", help="LoRA fine-tunes: experts trained with rslora=True.")] = None,
 ) -> None:
     """Convert an OpenPI pi0 / pi05 checkpoint into a LeRobot policy directory (streamed, audited, atomic)."""
     from pibridge.convert.convert import ConvertRequest, convert as run_convert
@@ -163,7 +171,7 @@ def convert(
         lerobot_version=lerobot_version, transformers_version=transformers_version,
         weights_dtype=weights_dtype, runtime_dtype=runtime_dtype, asset_id=asset_id, tokenizer=tokenizer,
         fold_norm_eps=fold_norm_eps, fold_bf16_params=fold_bf16_params, allow_tiny=allow_tiny, allow_nonfinite=allow_nonfinite, dry_run=dry_run,
-        force=force))
+        force=force, lora_alpha=lora_alpha, lora_rslora=lora_rslora))
 
 
 @app.command()
@@ -321,6 +329,7 @@ def parity_run(
     workdir: Annotated[Optional[Path], typer.Option(help="Where traces and the observation go (default: a new temp dir).")] = None,
     summary: Annotated[bool, typer.Option("--summary", help="Terminal: the verdict only (the files keep everything).")] = False,
     only_failing: Annotated[bool, typer.Option("--only-failing", help="Terminal: only the failing stages' rows.")] = False,
+    keep_temp: Annotated[bool, typer.Option(help="Keep the temporary directory of a failed run (named on exit).")] = False,
 ) -> None:
     """Capture both stacks in their own processes, compare, report; exit 1 when a model stage diverges.
 
@@ -331,7 +340,8 @@ def parity_run(
     run(RunRequest(openpi=openpi, lerobot=lerobot, obs=obs, torch_stack=torch_stack, precision=precision_token(precision),
                    shared_preprocessing=shared_preprocessing, resize=resize.value, fixes=fixes, steps=steps,
                    tokenizer=tokenizer, tolerances=tolerances, jax_python=jax_python, torch_python=torch_python,
-                   html=html, json=json_out, workdir=workdir, view=_view(summary, only_failing)))
+                   html=html, json=json_out, workdir=workdir, view=_view(summary, only_failing),
+                   keep_temp=keep_temp))
 
 
 def _view(summary: bool, only_failing: bool) -> str:

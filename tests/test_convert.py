@@ -52,6 +52,10 @@ def test_convert_writes_a_complete_lerobot_dir_and_round_trips(ckpts, tmp_path, 
                             f"policy_preprocessor_step_{3 if variant == 'tiny-pi05' else 7}_normalizer_processor.safetensors"])
     ck = open_checkpoint(ckpts[variant])
     assert rec["source"]["fingerprint"] == ck.synth_record["fingerprint"]  # streamed fingerprint == synth's
+    from pibridge.convert.assets import norm_stats_hash
+
+    assert rec["source"]["asset"] == {"id": "droid", "chosen_by": "profile",  # whose stats went into OUT (issue 15)
+                                      "norm_stats_sha256": norm_stats_hash(ckpts[variant] / "assets/droid/norm_stats.json")}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["type"] == ("pi05" if variant == "tiny-pi05" else "pi0")
     assert list(cfg["input_features"]) == ["observation.images.top", "observation.images.wrist", "observation.state",
@@ -120,15 +124,26 @@ def test_refusals(ckpts, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_output_needs_force_and_is_replaced_whole(ckpts, tmp_path):
+def test_existing_output_needs_force_and_only_pibridges_own_is_replaced(ckpts, tmp_path):
+    """--force replaces only an OUT pibridge wrote whose files its pibridge.json lists unmodified (issue 15); an
+    empty directory is a valid OUT without --force."""
+    from pibridge.convert.guard import HASH, file_hash
+
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("keep me")
+    rec = convert(_req(ckpts["tiny-pi05"], out))  # existing empty directory
+    listed = {f["name"]: f for f in rec["files"]}
+    assert sorted(listed) == sorted(p.name for p in out.iterdir() if p.name != "pibridge.json")
+    assert all(listed[n][HASH] == file_hash(out / n) and listed[n]["size"] == (out / n).stat().st_size for n in listed)
     with pytest.raises(PibridgeError, match="already exists"):
         convert(_req(ckpts["tiny-pi05"], out))
-    assert (out / "old.txt").read_text() == "keep me"
-    convert(_req(ckpts["tiny-pi05"], out, force=True))
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(PibridgeError, match="notes.txt, which was not written by pibridge"):
+        convert(_req(ckpts["tiny-pi05"], out, force=True))
+    assert (out / "notes.txt").read_text() == "keep me"
+    (out / "notes.txt").unlink()
+    convert(_req(ckpts["tiny-pi05"], out, force=True, weights_dtype="bfloat16"))
+    assert json.loads((out / "pibridge.json").read_text())["target"]["weights_dtype"] == "bfloat16"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

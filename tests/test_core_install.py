@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "golden" / "tiny-pi05-float32.safetensors"
+GOLDEN = ROOT / "tests" / "golden" / "foreign-host" / "tiny-pi05-float32.safetensors"
 TOKENIZER = ROOT / "tests" / "data" / "test_spm.model"
 CAMS = "base_0_rgb=top,left_wrist_0_rgb=wrist"
 

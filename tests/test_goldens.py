@@ -53,7 +53,7 @@ def _golden(spec, precision, set_dir=None):
 
 
 def test_golden_sets_exist_small_validated_and_record_their_host():
-    assert SETS and SETS[0].name == g.FOREIGN_SET or g.FOREIGN_SET in [d.name for d in SETS]
+    assert g.FOREIGN_SET in [d.name for d in SETS]  # the 07f4a86 set, unchanged, is always checked
     total = sum(f.stat().st_size for f in GOLDEN_ROOT.rglob("*") if f.is_file())
     assert total < 20e6
     for set_dir in SETS:

@@ -92,3 +92,26 @@ def test_match_variant_never_uses_names():
     shapes[("extra", "kernel")] = (3, 3)
     m = match_variant(shapes)
     assert m.variant == "unknown" and m.closest == "pi05" and m.differences == ("extra extra/kernel (3, 3)",)
+
+
+def test_inspect_suggests_the_profile_and_the_convert_command(ckpts, capsys):
+    doc = _run_json(capsys, ckpts["tiny-pi05"], "--no-leaves")
+    (sug,) = doc["suggestions"]
+    assert sug["asset_id"] == "physical-intelligence/libero" and (sug["state"], sug["actions"]) == (8, 7)
+    assert sug["profiles"][0] == "pi05_libero" and "pi05_droid" not in sug["profiles"]  # droid: 8 actions
+    assert sug["command"].startswith(f"pibridge convert {ckpts['tiny-pi05']} OUT --profile pi05_libero --camera-map ")
+
+
+def test_inspect_recognises_a_converted_output(ckpts, tmp_path, capsys):
+    from pibridge.convert.convert import ConvertRequest, convert
+
+    out = tmp_path / "out"
+    convert(ConvertRequest(ckpt=ckpts["tiny-pi0"], out=out, profile="pi0_libero", allow_tiny=True,
+                           camera_map="base_0_rgb=top,left_wrist_0_rgb=wrist"))
+    (out / "config.json").write_text("{}")
+    doc = _run_json(capsys, out)
+    assert doc["kind"] == "pibridge output" and doc["model"] == "pi0" and doc["profile"] == "pi0_libero"
+    assert doc["source"]["asset"]["id"] == "physical-intelligence/libero" and doc["files_resized"] == ["config.json"]
+    with pytest.raises(SystemExit):
+        main(["inspect", str(out)])
+    assert "written by pibridge" in capsys.readouterr().out

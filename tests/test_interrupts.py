@@ -44,7 +44,7 @@ def test_random_kills_never_leave_a_partial_output(refs):
     assert not [x for x in results if x.problems], table
     assert sum(x.damaged for x in results) == 0, table
     assert Counter(x.signal for x in results) == {"SIGINT": KILL_RUNS // 2, "SIGKILL": KILL_RUNS // 2}
-    assert Counter(x.mode for x in results) == {"plain": KILL_RUNS // 2, "force": KILL_RUNS // 2}
+    assert Counter(x.mode for x in results) == {"plain": 6, "empty": 4, "force": KILL_RUNS // 2}
     # the "bytes" trigger stops a third of the runs at a random fill level of the temporary model.safetensors
     assert sum(x.phase == "reading + writing tensors" for x in results) >= KILL_RUNS // 4, table
     assert {"absent", "old"} <= {x.after_kill for x in results}, table

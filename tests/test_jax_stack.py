@@ -189,7 +189,7 @@ def test_bad_input_is_reported(case):
 
 
 def test_training_layout_and_extra_leaves(case):
-    """A {"params": ...} root and trailing "value" keys are accepted (model.py:327-331); LoRA leaves are not."""
+    """A {"params": ...} root and trailing "value" keys are accepted (model.py:327-331); a lone LoRA factor is not."""
     from pibridge.parity.jax_stack.params import flatten, nest
 
     flat = flatten(case.params)
@@ -199,5 +199,5 @@ def test_training_layout_and_extra_leaves(case):
                                   case.params["PaliGemma"]["llm"]["layers"]["attn"]["q_einsum"]["w"][1])
     lora = dict(flat)
     lora[("PaliGemma", "llm", "layers", "attn", "q_einsum", "lora_a")] = np.zeros((4, 8, 64, 2), np.float32)
-    with pytest.raises(PibridgeError, match="unexpected leaves"):
+    with pytest.raises(PibridgeError, match="without its partner"):
         prepare_params(nest(lora), case.variant, get_policy("float32"))

@@ -94,12 +94,21 @@ def test_preprocessor_from_out_tokens_bit_exact(work, model):
 
 
 def test_model_inputs_mode(work):
-    """OpenPI's ModelInputs fed straight to predict_action_chunk (processors bypassed) give the same actions."""
+    """OpenPI's ModelInputs fed straight to predict_action_chunk (processors bypassed) give the same actions; the
+    capture reports its phases when asked (what `parity run` relays to a terminal)."""
     jax_side(work, "pi05", "float32")
-    _, trace, _ = run_lerobot(work, "pi05", "0.6.1", "float32", model_inputs=work / "mi-pi05-float32.npz")
+    out = h.make_tiny_out(work, "pi05", "0.6.1", "float32")
+    _, obs_path = h.observation(work, "pi05")
+    trace = work / "lr-pi05-0.6.1-float32-fix-mi.safetensors"
+    summary = h.lerobot_capture("lr-0.6.1", out, obs_path, trace, model_inputs=work / "mi-pi05-float32.npz",
+                                progress=True)
     table, meta = h.stage_table(jax_side(work, "pi05", "float32"), trace)
     assert meta["inputs"] == "model_inputs"
     assert table["actions"][0] >= F32_ACTIONS_MIN_COS
+    shown = summary["progress"]
+    assert shown[:3] == ["lerobot: load weights (LeRobot from_pretrained)", "lerobot: preprocess (OUT's processors)",
+                         "lerobot: vision tower and prefix (LLM)"], shown
+    assert "lerobot: denoise step 2/10" in shown, shown
 
 
 @pytest.mark.parametrize("lerobot", ["0.6.1", "0.5.1"])

@@ -157,3 +157,61 @@ def test_comparison_note_names_the_question():
     assert "is the conversion right" in comparison_note(RunRequest(Path("c"), Path("o"), shared_preprocessing=True))
     own = comparison_note(RunRequest(Path("c"), Path("o"), torch_stack="lerobot"))
     assert "LeRobot's own processors" in own and "--shared-preprocessing" in own
+
+
+def _no_capture(monkeypatch):
+    import pibridge.parity.run as R
+
+    monkeypatch.setattr(R, "_run_capture", lambda *a, **k: pytest.fail("a capture started before the checks"))
+
+
+def test_run_checks_report_paths_observation_and_source_before_any_capture(traces, tmp_path, monkeypatch):
+    """Issue 15: what can be known before the captures is refused before them (exit 2, nothing started)."""
+    import shutil
+
+    from pibridge.convert.synth import write_synthetic_checkpoint
+
+    root, ck, out, obs, *_ = traces
+    _no_capture(monkeypatch)
+    base = dict(openpi=ck, lerobot=out, obs=obs, tolerances=root / "loose.json")
+    with pytest.raises(PibridgeError, match="--html .* does not exist"):
+        run(RunRequest(**base, html=tmp_path / "nope" / "r.html"))
+    with pytest.raises(PibridgeError, match="--json .* is a directory"):
+        run(RunRequest(**base, json=tmp_path))
+    short = tmp_path / "short.safetensors"
+    obs_command(short, profile=str(out), horizon=7)
+    with pytest.raises(PibridgeError, match="noise horizon 7, the profile's action_horizon is 15"):
+        run(RunRequest(**(base | {"obs": short})))
+    other = tmp_path / "other"  # same sizes, other weights (seed): converted OUT does not come from it
+    write_synthetic_checkpoint(other, variant="tiny-pi05", profile="pi05_droid", asset_id="droid", seed=1,
+                               progress=False)
+    shutil.copyfile(ck / "assets" / "droid" / "norm_stats.json", other / "assets" / "droid" / "norm_stats.json")
+    with pytest.raises(PibridgeError, match="params fingerprint"):
+        run(RunRequest(**(base | {"openpi": other})))
+    (other / "assets" / "droid" / "norm_stats.json").write_text(
+        (ck / "assets" / "droid" / "norm_stats.json").read_text().replace("1", "2", 1))
+    with pytest.raises(PibridgeError, match="norm stats of asset 'droid'"):
+        run(RunRequest(**(base | {"openpi": other})))
+
+
+def test_failed_run_removes_its_temporaries_or_keeps_and_names_them(traces, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    import pibridge.parity.run as R
+
+    root, ck, out, obs, *_ = traces
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail(argv, side, console):
+        Path(argv[argv.index("--out") + 1]).write_bytes(b"partial")
+        raise PibridgeError(f"the {side} capture failed", "a trace", "see above")
+
+    monkeypatch.setattr(R, "_run_capture", fail)
+    base = dict(openpi=ck, lerobot=out, obs=obs, tolerances=root / "loose.json")
+    with pytest.raises(PibridgeError, match="jax capture failed"):
+        run(RunRequest(**base))
+    assert not list(tmp_path.glob("pibridge-parity-*")) and "removed the temporaries" in capsys.readouterr().out
+    with pytest.raises(PibridgeError):
+        run(RunRequest(**base, keep_temp=True))
+    (kept,) = tmp_path.glob("pibridge-parity-*")
+    assert (kept / "jax.trace.safetensors").is_file() and f"kept in {kept}" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from pibridge.parity.run import compare_command
 from pibridge.parity.trace import read_trace
 from pibridge.parity.verdict import diagnose, load_diagnoses
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "golden" / "foreign-host"
 F32, BF16 = GOLDEN / "tiny-pi05-float32.safetensors", GOLDEN / "tiny-pi05-bf16.safetensors"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -323,7 +323,7 @@ def check_jax(cases: dict[str, Path], traces: Path | None = None) -> list[dict]:
             run_policy(params, variant, inputs, noise, precision=precision, num_steps=num_steps, record=rec)
             res = matrix.judge(refs[precision], Trace({s.name: s for s in rec}, {"precision": precision}), dtype)
             if meta.get("golden"):  # the JAX stack is judged by the golden rules (host spread), not tolerances.json
-                res |= golden_verdict(f"{name}-{precision}", refs[precision], list(rec))
+                res |= golden_verdict(f"{name}-{precision}", refs[precision], list(rec), Path(meta["golden"]))
             if traces is not None:
                 traces.mkdir(parents=True, exist_ok=True)
                 write_trace(traces / f"{name}-{precision}.safetensors", rec,
@@ -332,13 +332,16 @@ def check_jax(cases: dict[str, Path], traces: Path | None = None) -> list[dict]:
     return rows
 
 
-def golden_verdict(case: str, golden, stages) -> dict:
+def golden_verdict(case: str, golden, stages, golden_dir: Path) -> dict:
     """pibridge/parity/golden_rules.py on one case: pass, first failing stage, the worst error / limit, and the
     mismatch report (both hosts, error as a multiple of the host spread)."""
     from pibridge.parity.golden_rules import check_golden
     from pibridge.parity.hostinfo import host_info
 
-    r = check_golden(case, golden, stages, today_host=host_info())
+    from pibridge.parity.goldens import DROPPED_STAGES, set_host
+
+    stages = [s for s in stages if s.name not in DROPPED_STAGES]
+    r = check_golden(case, golden, stages, golden_host=set_host(golden_dir, golden), today_host=host_info())
     worst = max(r.rows, key=lambda x: max(x.errors[m] / x.limits.limit[m] for m in x.errors))
     ratio = max(worst.errors[m] / worst.limits.limit[m] for m in worst.errors)
     return {"pass": r.passed, "rule": "golden_rules.json", "first_failing": r.first_failure and r.first_failure.name,

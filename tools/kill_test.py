@@ -1,12 +1,13 @@
 """Kill `pibridge convert` at random instants; no partial or damaged output may ever survive.
 
 Each run converts a tiny-pi05 checkpoint (OUT ~200 MB, so the tensor bytes take a good share of a run) either
-plain into a fresh OUT or with --force over an existing valid OUT (a bfloat16 conversion, so the old and the
-new OUT differ in every weight byte). At a random instant (a random time, a random fill level of the
+plain into a fresh OUT, plain into an existing empty directory (runs 12-23 of every 24: a valid OUT without
+--force, replaced by one rename), or with --force over an existing valid OUT (a bfloat16 conversion, so the old
+and the new OUT differ in every weight byte). At a random instant (a random time, a random fill level of the
 temporary model.safetensors, or a random delay after the weights are complete) the process is frozen with
 SIGSTOP; the files beside OUT then tell which phase it was in (no test hooks in the product); then it gets
 SIGKILL, or SIGINT + SIGCONT, and is reaped. Checks after each kill:
-  * OUT is absent (plain run) or byte-identical to a complete reference conversion: the new one, or for
+  * OUT is absent (plain run), still the empty directory (empty run) or byte-identical to a complete reference conversion: the new one, or for
     --force the previous OUT; a --force OUT missing after a SIGKILL between the two renames must come back
     with `recover_stale` (what every run does first);
   * SIGINT: exit 130, one `pibridge: interrupted` line on stderr, no traceback, no temporary left (after the
@@ -228,6 +229,8 @@ def _weights_done(out: Path, final_size: int, inode_before: int | None) -> bool:
 def state_of(out: Path, refs: Refs) -> str:
     if not out.exists():
         return "absent"
+    if out.is_dir() and not any(out.iterdir()):
+        return "empty"
     d = digest(out)
     return "new" if d == refs.new else "old" if d == refs.old else "damaged"
 
@@ -236,6 +239,7 @@ def one_run(i: int, work: Path, refs: Refs, rng: random.Random, seconds: float) 
     """One killed conversion and its checks; also returns the wall time of the unkilled re-run. `seconds`: the
     current estimate of one convert (the machine is shared: its load moves it)."""
     mode = ("plain", "force")[i % 2]
+    mode = "empty" if mode == "plain" and (i // 12) % 2 else mode
     sig = (signal.SIGINT, signal.SIGKILL)[(i // 2) % 2]
     trigger = TRIGGERS[(i // 4) % len(TRIGGERS)]
     span = seconds - (refs.ready_seconds if sig == signal.SIGINT else 0.0)  # SIGINT: after the CLI is ready
@@ -246,6 +250,8 @@ def one_run(i: int, work: Path, refs: Refs, rng: random.Random, seconds: float) 
     out = parent / "out"
     if mode == "force":  # hard links: convert must never write into OUT; any change shows in the digests
         shutil.copytree(refs.old_dir, out, copy_function=os.link)
+    elif mode == "empty":
+        out.mkdir()
     inode_before = out.stat().st_ino if out.exists() else None
     problems: list[str] = []
     proc = subprocess.Popen(convert_cmd(refs.ckpt, out, *(["--force"] if mode == "force" else [])), cwd=ROOT,
@@ -273,7 +279,7 @@ def one_run(i: int, work: Path, refs: Refs, rng: random.Random, seconds: float) 
     leftovers = len(list(parent.iterdir())) - out.exists()
     problems += _check_after_kill(mode, rc, after_kill)
     after_recovery = _recover(out, refs, after_kill)
-    if after_recovery not in (("new", "old") if mode == "force" else ("new", "absent")):
+    if after_recovery not in {"force": ("new", "old"), "empty": ("new", "empty")}.get(mode, ("new", "absent")):
         problems.append(f"after recover_stale OUT is {after_recovery}")
     rerun_problems, rerun_seconds = _rerun(out, refs)
     problems += rerun_problems
@@ -304,7 +310,7 @@ def _check_exit(sig: signal.Signals, phase: str, rc: int, err: str, out: Path) -
 
 
 def _check_after_kill(mode: str, rc: int, after_kill: str) -> list[str]:
-    allowed = ("new", "old", "old only beside OUT") if mode == "force" else ("absent", "new")
+    allowed = {"force": ("new", "old", "old only beside OUT"), "empty": ("empty", "new")}.get(mode, ("absent", "new"))
     problems = [] if after_kill in allowed else [f"OUT is {after_kill} after the kill ({mode})"]
     if rc == 0 and after_kill != "new":
         problems.append(f"exit 0 but OUT is {after_kill}")
@@ -321,7 +327,8 @@ def _recover(out: Path, refs: Refs, before: str) -> str:
 
 def _rerun(out: Path, refs: Refs) -> tuple[list[str], float]:
     t0 = time.perf_counter()
-    proc = subprocess.run(convert_cmd(refs.ckpt, out, *(["--force"] if out.exists() else [])), cwd=ROOT,
+    needs_force = out.exists() and any(out.iterdir())  # an empty directory is a valid OUT without --force
+    proc = subprocess.run(convert_cmd(refs.ckpt, out, *(["--force"] if needs_force else [])), cwd=ROOT,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     problems = [] if proc.returncode == 0 else [f"re-run failed ({proc.returncode}): {proc.stderr.strip()[-300:]}"]
@@ -365,13 +372,15 @@ def report_markdown(refs: Refs, results: list[RunResult], seed: int, seconds: fl
              "tiny-pi05 checkpoint, "
              f"OUT {refs.weights_size / 1e6:.0f} MB of weights, one unkilled convert {refs.seconds:.2f} s "
              f"(CLI ready after {refs.ready_seconds:.2f} s). "
-             "Plain runs write a fresh OUT; --force runs replace a valid bfloat16 OUT. Each run is frozen "
+             "Plain runs write a fresh OUT, empty runs into an existing empty directory (no --force); --force runs "
+             "replace a valid bfloat16 OUT. Each run is frozen "
              "(SIGSTOP) at a random time, a random fill level of the temporary model.safetensors, or up to 0.2 x that "
              "after the weights are complete (trigger `end`: metadata files, commit, swap), its phase is "
              "read from the files beside OUT, then it gets SIGKILL or SIGINT. SIGINT runs start their clock once the "
              "CLI runs its command: during the interpreter's own imports before that (~0.1 s, nothing touched yet) "
              "Ctrl-C is Python's default KeyboardInterrupt.", "",
              f"- runs: {len(results)} ({sum(r.mode == 'plain' for r in results)} plain, "
+             f"{sum(r.mode == 'empty' for r in results)} into an empty directory, "
              f"{sum(r.mode == 'force' for r in results)} --force); signals: "
              + ", ".join(f"{s} {sum(r.signal == s for r in results)}" for s in sigs),
              f"- damaged or partial OUT found: **{sum(r.damaged for r in results)}**; runs failing any check: "

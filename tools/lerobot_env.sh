@@ -4,6 +4,8 @@
 #   .venvs/_torch      one shared torch/torchvision install (pip --target), reused by all three venvs via a .pth
 #   .venvs/lr-0.6.1    lerobot[pi]==0.6.1 (transformers 5.4/5.5) + pibridge's torch side (editable, no jax)
 #   .venvs/lr-0.5.1    lerobot[pi]==0.5.1 + transformers==5.3.0 (the blog's closest installable setup)
+#   .venvs/lr-0.6.1-bare  lerobot[pi]==0.6.1 only: no pibridge, no plugin (what a user without pibridge has; the
+#                      "without the plugin" tests load converted OUTs there). Names ending in -bare get nothing else.
 #   .venvs/lr-0.5.0    lerobot[pi]==0.5.0 + transformers 5.5.x (the double-scaling combination its pin allows).
 #                      Not built by default: on transformers >= 5.4 `import lerobot.policies` of 0.5.0 raises
 #                      TypeError (groot/groot_n1.py:176, a dataclass over transformers' PretrainedConfig), so no
@@ -15,7 +17,7 @@
 # before .pth entries on sys.path, so anything a venv installs itself still wins.
 #
 # Cached: each venv records the exact requirement string in .venvs/<name>/.pibridge-stamp; a rerun with the
-# same strings does nothing. Usage: tools/lerobot_env.sh [names...]   (default: lr-0.6.1 lr-0.5.1)
+# same strings does nothing. Usage: tools/lerobot_env.sh [names...]   (default: lr-0.6.1 lr-0.5.1 lr-0.6.1-bare)
 # Env: PY312 (interpreter), VENVS (directory, default .venvs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +36,9 @@ declare -A REQ=(
   [lr-0.6.1]="lerobot[pi]==0.6.1 transformers>=5.4,<5.6 protobuf"
   [lr-0.5.1]="lerobot[pi]==0.5.1 transformers==5.3.0 protobuf sentencepiece<0.2.3"
   [lr-0.5.0]="lerobot[pi]==0.5.0 transformers>=5.5,<5.6 protobuf sentencepiece<0.2.3"
+  [lr-0.6.1-bare]="lerobot[pi]==0.6.1 transformers>=5.4,<5.6 protobuf"
 )
-NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(lr-0.6.1 lr-0.5.1)
+NAMES=("$@"); [ ${#NAMES[@]} -gt 0 ] || NAMES=(lr-0.6.1 lr-0.5.1 lr-0.6.1-bare)
 mkdir -p "$VENVS"
 
 stamp_ok() { [ -f "$1/.pibridge-stamp" ] && [ "$(cat "$1/.pibridge-stamp")" = "$2" ]; }
@@ -52,7 +55,8 @@ build_torch() {
 
 build_venv() {
   local name="$1" req="${REQ[$1]}" dir="$VENVS/$1"
-  local key="$TORCH_REQ | $req | pibridge-editable"
+  local bare=""; [[ "$1" == *-bare ]] && bare=1
+  local key="$TORCH_REQ | $req | pibridge-editable"; [ -z "$bare" ] || key="$TORCH_REQ | $req | bare"
   stamp_ok "$dir" "$key" && { echo "lerobot_env: $name up to date" >&2; return 0; }
   echo "lerobot_env: building $name ($req)" >&2
   rm -rf "$dir"
@@ -61,7 +65,9 @@ build_venv() {
   local site; site="$("$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$(cd "$VENVS/_torch" && pwd)" > "$site/pibridge_shared_torch.pth"
   # shellcheck disable=SC2086
-  "$dir/bin/python" -m pip install -q --disable-pip-version-check $req -e .
+  local own="-e ."; [ -z "$bare" ] || own=""
+  # shellcheck disable=SC2086
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check $req $own
   "$dir/bin/python" - <<'PY'
 import importlib.metadata as md, torch, lerobot  # noqa: F401
 print("lerobot", md.version("lerobot"), "transformers", md.version("transformers"), "torch", torch.__version__)
@@ -88,4 +94,7 @@ refresh_pibridge() {
 }
 
 build_torch
-for n in "${NAMES[@]}"; do build_venv "$n"; refresh_pibridge "$n"; install_plugin "$n"; done
+for n in "${NAMES[@]}"; do
+  build_venv "$n"
+  [[ "$n" == *-bare ]] || { refresh_pibridge "$n"; install_plugin "$n"; }
+done

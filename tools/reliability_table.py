@@ -46,6 +46,13 @@ UNDETECTABLE = """\
   No common stage at all is an error (exit 2). A stage whose shapes
   differ is a parity failure (exit 1, status shape-mismatch); a stage tensor that is not float32 means the file
   was not written by pibridge (trace format 1 stores float32 only): exit 2.
+- `--force` replaces only pibridge's own output: every entry must be listed in its pibridge.json (name, size,
+  XXH3-128) and unmodified; a listed file the user deleted is no obstacle (`ok-force-own-out-file-deleted`: nothing
+  foreign is lost). OUT may neither hold nor lie inside an input, found by (st_dev, st_ino) up the parent chains; a
+  bind mount of the checkpoint's directory is covered by tests/test_guard.py (it needs mount privileges, so it is
+  not a row here). An empty existing directory is a valid OUT without `--force` (`ok-empty-dir-out`).
+- The norm stats' meaningful width (trailing all-zero dims not counted) must equal the profile's dims
+  (`profile-asset-dims-mismatch`); stats of another robot with the same dims still convert (see above).
 - A tolerance rule matching no stage is reported ("tolerance patterns that matched no stage"), not an error.
 - Prompts longer than the profile's `max_token_len` are truncated with OpenPI's warning, exactly as OpenPI's
   `PaligemmaTokenizer.tokenize` does (openpi models/tokenizer.py:40-46): `Token length (N) exceeds max length (L),
@@ -81,15 +88,20 @@ def render(outcomes: list[Outcome], workdir: Path, seconds: float) -> str:
              "directory (`ck` checkpoint, `out` output, `obs` observation, `a`/`b` traces). Exit 2: bad input, "
              "exit 1: parity tolerance failure. \"Nothing written\": every input byte-identical afterwards (sha256 "
              "of the tree), no OUT (or the existing OUT unchanged), no `.out.pibridge-tmp-*` temporaries; for the "
-             "cases that are meant to write, everything except that output.", "",
+             "cases that are meant to write, everything except that output. \"case dir sha256\": the first 12 hex "
+             "digits of one sha256 over the tree digests of every entry of the case directory, before -> after "
+             "the command (equal: nothing in it deleted or changed).", "",
              f"{len(outcomes)} cases: {n_pass} pass" + (f", {n_xfail} xfail (known gap, see below)" if n_xfail else "") + "; "
              f"{seconds:.0f} s wall for the whole table.", "",
-             "| case | what | command | exit | message (first line) | nothing written | result |",
-             "|---|---|---|---|---|---|---|"]
+             "| case | what | command | exit | message (first line) | nothing written | case dir sha256 before -> after "
+             "| result |",
+             "|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         d = workdir / o.case.id
         lines.append(f"| `{o.case.id}` | {cell(o.case.what, 120)} | `{cell(o.command, 150)}` | {o.exit_code} | "
-                     f"{cell(relative(o.message, d))} | {'yes' if o.untouched else 'no'} | {cell(status(o), 120)} |")
+                     f"{cell(relative(o.message, d))} | {'yes' if o.untouched else 'no'} | "
+                     f"{o.digest_before[:12]} -> {'same' if o.digest_after == o.digest_before else o.digest_after[:12]} | "
+                     f"{cell(status(o), 120)} |")
     xfails = [o for o in outcomes if o.case.xfail]
     lines += ["", "## Known gaps (xfail)", ""] + [f"- `{o.case.id}`: {o.case.xfail}." for o in xfails]
     return "\n".join(lines) + "\n\n" + UNDETECTABLE

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pibridge.convert.guard import is_empty_dir
 from pibridge.errors import PibridgeError
 
 PARTIAL_MARKER = ".pibridge-partial"
@@ -74,7 +75,7 @@ def recover_stale(out: Path) -> list[str]:
 def check_output_target(out: Path, force: bool) -> None:
     """Refuse before any work: OUT exists without --force, or its parent is missing / not writable."""
     parent = out.parent
-    if out.exists() and not force:
+    if out.exists() and not force and not is_empty_dir(out):
         raise PibridgeError(f"output {out} already exists", "a path that does not exist yet",
                             "choose another path, or pass --force to replace it (the old one is kept until the new one is complete)")
     if out.exists() and not out.is_dir():
@@ -138,8 +139,8 @@ def no_space_error(out: Path, code: int) -> PibridgeError:
 
 
 def _commit(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
+    if not out.exists() or is_empty_dir(out):
+        os.replace(tmp, out)  # rename(2) replaces an empty directory atomically
         return
     old = _sibling(out, _OLD, os.getpid())
     os.replace(out, old)  # 1st rename: from here until the 2nd, an exception or recover_stale restores `old`

@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 
 from pibridge import __version__
-from pibridge.convert.atomic import atomic_output_dir, check_output_target, recover_stale
+from pibridge.convert.assets import check_fit, choose_asset
+from pibridge.convert.atomic import PARTIAL_MARKER, atomic_output_dir, check_output_target, recover_stale
 from pibridge.convert.detect import Detection, detect
 from pibridge.convert.fingerprint import Fingerprint
 from pibridge.convert.fixtable import applicable_fixes, parse_version
 from pibridge.convert.folds import FOLD_ID, fold_bf16_param
+from pibridge.convert.guard import PROVENANCE_FILE, check_no_overlap, check_replaceable, file_list, is_empty_dir
+from pibridge.convert.lora import EXPERTS, merge_rule, parse_per_expert, parse_rslora, resolve_settings
 from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
 from pibridge.convert.lerobot_processors import HostSteps, build_processor_jsons
@@ -30,11 +33,11 @@ from pibridge.convert.openpi_torch import OpenPITorchCheckpoint, is_openpi_torch
 from pibridge.convert.plan import ConversionPlan, iter_tensors, plan_conversion
 from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
+from pibridge.convert.relocate import relocate_command
 from pibridge.convert.safetensors_writer import SafetensorsWriter, spec
 from pibridge.errors import PibridgeError
 from pibridge.hostx import EXCLUDE_TOKEN, action_names
 
-PROVENANCE_FILE = "pibridge.json"
 LEROBOT_NAME = re.compile(r"[A-Za-z0-9_\-]+")
 NORM_MODES = {"zscore": "MEAN_STD", "quantile": "QUANTILES"}
 
@@ -59,6 +62,8 @@ class ConvertRequest:
     allow_nonfinite: bool = False
     dry_run: bool = False
     force: bool = False
+    lora_alpha: str | None = None  # "8" or "paligemma=16,action_expert=32" (lora.parse_per_expert)
+    lora_rslora: str | None = None  # experts trained with rsLoRA: "both", "paligemma" or "action_expert"
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def resolve(req: ConvertRequest) -> Resolved:
     else:
         ckpt = open_checkpoint(req.ckpt)
         det = detect(ckpt.leaves)
-    _check_out_not_inside(req.out, ckpt.root)
+    check_no_overlap(req.out, _inputs(req, ckpt))
     if det.variant.name not in ("pi0", "pi05") and not req.allow_tiny:
         raise PibridgeError(
             f"the checkpoint has sizes LeRobot cannot build ({det.variant.paligemma.variant} + "
@@ -93,16 +98,26 @@ def resolve(req: ConvertRequest) -> Resolved:
     target = lerobot_target(req.lerobot_version, det.model)
     tv = req.transformers_version or target.transformers_default
     parse_version(tv, "transformers")
-    plan = plan_conversion(ckpt.leaves, transformers_version=tv, weights_dtype=req.weights_dtype, detection=det)
+    lora = None
+    if det.lora is not None:
+        lora = resolve_settings(det.lora, parse_per_expert(req.lora_alpha, "--lora-alpha", float),
+                                parse_rslora(req.lora_rslora))
+    elif req.lora_alpha is not None or req.lora_rslora is not None:
+        raise PibridgeError("--lora-alpha / --lora-rslora for a checkpoint without LoRA factors",
+                            "a LoRA fine-tune (lora_a / lora_b leaves)", "drop the LoRA flags")
+    plan = plan_conversion(ckpt.leaves, transformers_version=tv, weights_dtype=req.weights_dtype, detection=det,
+                           lora=lora)
     plan.accounting.require_complete(f"converting {req.ckpt}")
     return Resolved(ckpt, det, profile, names, empty, tv, plan)
 
 
-def _check_out_not_inside(out: Path, ckpt_root: Path) -> None:
-    o, c = Path(out).resolve(), Path(ckpt_root).resolve()
-    if o == c or c in o.parents:
-        raise PibridgeError(f"output {out} is inside the checkpoint {ckpt_root}", "an output outside the checkpoint",
-                            "choose an output directory elsewhere")
+def _inputs(req: ConvertRequest, ckpt) -> list[tuple[str, Path]]:
+    """Everything convert reads: OUT may neither hold nor lie inside any of it (guard.check_no_overlap)."""
+    found = [("checkpoint", Path(req.ckpt)), ("checkpoint", ckpt.root)]
+    params = getattr(ckpt, "params_dir", None)
+    found += [("checkpoint params", params)] if params is not None else []
+    found += [(f"norm stats of asset {a!r}", ckpt.root / "assets" / a / "norm_stats.json") for a in ckpt.asset_ids]
+    return found + ([("tokenizer", Path(req.tokenizer))] if req.tokenizer else [])
 
 
 def _profile(req: ConvertRequest, det: Detection) -> Profile:
@@ -177,8 +192,10 @@ def _missing_cameras(missing: list[str], mapping: dict[str, str | None], base: d
 def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | None) -> dict[str, Any]:
     """config.json, processor JSONs and normalizer states: small, computed before the big write."""
     p, model = r.profile, r.detection.model
-    stats = r.ckpt.norm_stats(req.asset_id or _profile_asset(r))
+    asset = choose_asset(r.ckpt, p, req.asset_id)
+    stats = asset.stats
     _check_stats(stats, p)
+    check_fit(asset, p)
     config = build_config_json(
         req.lerobot_version, model=model, horizon=p.action_horizon, max_token_len=p.max_token_len,
         state_dim=p.state_dim, action_dim=p.action_dim, camera_names=r.camera_names, empty_cameras=len(r.empty_slots),
@@ -198,7 +215,7 @@ def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | Non
                         for s in pre["steps"]]
         prompt = "openpi-no-state"
     states = build_normalizer_states(stats, state_dim=p.state_dim, action_dim=p.action_dim, fold_eps=req.fold_norm_eps)
-    return {"config": config, "pre": pre, "post": post, "states": states, "prompt": prompt, "host": host}
+    return {"config": config, "pre": pre, "post": post, "states": states, "prompt": prompt, "host": host, "asset": asset}
 
 
 DELTA_NOTE = ("delta actions: OUT's postprocessor adds the state its preprocessor cached (OpenPI's AbsoluteActions); "
@@ -256,10 +273,13 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
         raise PibridgeError("--fold-bf16-params on OpenPI-PyTorch input", "an OpenPI JAX checkpoint",
                             "OpenPI's PyTorch converter already rounded its weights; fold from the JAX checkpoint")
     check_output_target(out.absolute(), req.force)
+    if req.force and out.exists() and not is_empty_dir(out):
+        check_replaceable(out)
     final_tok = (out.absolute() / "tokenizer") if req.tokenizer else None
     side = build_side_files(r, req, str(final_tok) if final_tok else None)
     with atomic_output_dir(out, force=req.force) as tmp:
-        fingerprint = _write_weights(r, tmp / "model.safetensors", req.allow_nonfinite, req.fold_bf16_params, console)
+        fingerprint, weights_hash = _write_weights(r, tmp / "model.safetensors", req.allow_nonfinite,
+                                                   req.fold_bf16_params, console)
         _check_synth_fingerprint(r, fingerprint)
         _write_json(tmp / "config.json", side["config"], indent=4)
         _write_json(tmp / "policy_preprocessor.json", side["pre"], indent=2)
@@ -268,12 +288,18 @@ def convert(req: ConvertRequest, console=None) -> dict[str, Any] | None:
                                _step_index(side["post"], "unnormalizer_processor"))
         if req.tokenizer:
             _write_tokenizer(Path(req.tokenizer), tmp / "tokenizer")
-        record = _provenance(r, req, side, fingerprint)
+        record = _provenance(r, req, side, fingerprint, (tmp / "tokenizer" / "tokenizer.json").is_file())
+        record["files"] = file_list(tmp, known={"model.safetensors": weights_hash}, skip=[PARTIAL_MARKER])
         _write_json(tmp / PROVENANCE_FILE, record, indent=2)
     if r.profile.delta_action_mask:
         console.print(f"[yellow]note[/] {DELTA_NOTE}", markup=True, highlight=False)
     console.print(f"[green]wrote[/] {out} ({r.plan.total_bytes() / 1e9:.2f} GB of weights, "
                   f"{len(r.plan.tensors)} tensors) for LeRobot {req.lerobot_version} / transformers {r.transformers_version}")
+    console.print(f"loads with: {', '.join(record['loads_with'])}", markup=False, highlight=False)
+    if req.tokenizer:
+        console.print(f"tokenizer: policy_preprocessor.json names {final_tok}; after moving or copying OUT, LeRobot "
+                      f"with the pibridge plugin re-points it itself, without the plugin run: "
+                      f"{relocate_command(Path('NEW_OUT'))}", markup=False, highlight=False)
     return record
 
 
@@ -289,10 +315,11 @@ def _check_synth_fingerprint(r: Resolved, fingerprint: str) -> None:
                             "the files were damaged on disk or in a copy: copy or re-create the checkpoint")
 
 
-def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bool, console) -> str:
+def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bool, console) -> tuple[str, str]:
     """Stream the plan into model.safetensors. Overlapped, with bounded memory: tensorstore decodes the next leaf
     (only while current + 2 x next fits the budget 2.2 x largest leaf + 0.5 GB), a background thread fingerprints
-    and NaN-checks the current leaf, another writes blocks to disk while the next block is transposed / cast."""
+    and NaN-checks the current leaf, another writes blocks to disk while the next block is transposed / cast.
+    Returns the source fingerprint and the written file's hash (guard.HASH)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
@@ -325,7 +352,7 @@ def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bo
             c.result()
         last_check.clear()
         arr = (prefetched.pop(leaf_path, None) or start(leaf_path)).result()
-        nxt = following[leaf_path]
+        nxt = following.get(leaf_path)  # LoRA factors are read with their base leaf, outside the plan order
         if nxt is not None and arr.nbytes + 2 * sizes[nxt] <= limit:
             prefetched[nxt] = start(nxt)
         last_check.append(checks.submit(check, leaf_path, arr))
@@ -349,7 +376,7 @@ def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bo
                 c.result()
     finally:
         checks.shutdown(wait=True, cancel_futures=True)
-    return fp.hexdigest()
+    return fp.hexdigest(), writer.file_hash
 
 
 def _all_finite(arr: np.ndarray) -> bool:
@@ -384,14 +411,31 @@ def _write_tokenizer(spm: Path, dest: Path) -> None:
         "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
         "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
         "padding_side": "right", "model_max_length": 1000000}, indent=2)
+    _write_fast_tokenizer(dest)
 
 
-def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) -> dict[str, Any]:
+def _write_fast_tokenizer(dest: Path) -> None:
+    """tokenizer.json (the `tokenizers` serialisation) beside tokenizer.model, so LeRobot loads OUT/tokenizer
+    without sentencepiece (lerobot[pi] does not install it; transformers then fails asking for tiktoken). Made
+    by the installed transformers' own SentencePiece conversion (same token ids, tests/test_out_travels.py);
+    without transformers here, OUT keeps tokenizer.model only and `loads_with` names sentencepiece."""
+    try:
+        from transformers import AutoTokenizer
+
+        backend = getattr(AutoTokenizer.from_pretrained(str(dest)), "backend_tokenizer", None)
+    except Exception:  # noqa: BLE001  no transformers / no SentencePiece converter here: tokenizer.model only
+        return
+    if backend is not None:
+        backend.save(str(dest / "tokenizer.json"))
+
+
+def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str,
+                fast_tokenizer: bool = False) -> dict[str, Any]:
     fixes = applicable_fixes(r.transformers_version, req.lerobot_version, req.runtime_dtype)
     return {
         "pibridge_version": __version__,
         "source": {"path": str(Path(req.ckpt).resolve()), "layout": r.ckpt.layout, "fingerprint": fingerprint,
-                   "synth": r.ckpt.synth_record, "asset_ids": r.ckpt.asset_ids},
+                   "synth": r.ckpt.synth_record, "asset_ids": r.ckpt.asset_ids, "asset": side["asset"].record()},
         "model": r.detection.model, "variant": r.detection.variant.name,
         "profile": r.profile.to_dict(), "camera_names": list(r.camera_names), "empty_slots": list(r.empty_slots),
         "prompt_format": side["prompt"],
@@ -404,9 +448,30 @@ def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str) 
                    "weights_dtype": req.weights_dtype, "runtime_dtype": req.runtime_dtype},
         "folds": list(side["states"].folds) + ([FOLD_ID] if req.fold_bf16_params else []), "fold_inexact_elements": side["states"].inexact,
         "runtime_fixes_needed": [f.id for f in fixes if f.kind == "runtime"],
+        "loads_with": _loads_with(req, [f.id for f in fixes if f.kind == "runtime"], fast_tokenizer),
         "layout_fixes": [f.id for f in fixes if f.kind == "layout"],
         "tensors": len(r.plan.tensors), "weights_bytes": r.plan.total_bytes(),
+        "lora": _lora_provenance(r.plan),
     }
+
+
+def _loads_with(req: ConvertRequest, runtime_fixes: list[str], fast: bool) -> list[str]:
+    """What must be installed where OUT is loaded: stock LeRobot, plus the plugin when OUT needs what only it
+    does (runtime fixes; re-pointing a bundled tokenizer after OUT moves, else relocate)."""
+    why = [f"runtime fixes {', '.join(runtime_fixes)}"] if runtime_fixes else []
+    why += [f"its tokenizer/ after a move or copy (else {relocate_command(Path('OUT'))})"] if req.tokenizer else []
+    need = [f"lerobot[pi]=={req.lerobot_version}"] + ([f"lerobot_policy_pibridge ({'; '.join(why)})"] if why else [])
+    return need + (["sentencepiece (OUT/tokenizer has no tokenizer.json)"] if req.tokenizer and not fast else [])
+
+
+def _lora_provenance(plan: ConversionPlan) -> dict[str, Any] | None:
+    if plan.lora_tree is None:
+        return None
+    return {"merged": True, "experts": list(plan.lora_tree.experts),
+            "settings": {f"{EXPERTS[e]}/{k}": v.to_dict() for (e, k), v in sorted(plan.lora.items())},
+            "adapters": {"/".join(a.base): merge_rule(a, plan.lora) for a in plan.lora_tree.adapters},
+            "factor_leaves": len(plan.lora_tree.factor_leaves()),
+            "note": "weights are base + LoRA merged in float32, cast once; the inverse map gives the merged base tree"}
 
 
 def _print_audit(r: Resolved, console) -> None:
@@ -414,6 +479,12 @@ def _print_audit(r: Resolved, console) -> None:
     for t in r.plan.tensors:
         console.print(t.audit_line(width), markup=False, highlight=False, soft_wrap=True)
     a = r.plan.accounting
+    if r.plan.lora_tree is not None:
+        for (e, k), v in sorted(r.plan.lora.items()):
+            console.print(f"LoRA {EXPERTS[e]} {k}: rank {v.rank}, alpha {v.alpha:g}{', rsLoRA' if v.rslora else ''}, "
+                          f"scaling {v.scaling:g}{'' if k == 'attn' else ' (not applied: lora.FeedForward)'} "
+                          f"({v.source}); {len(r.plan.lora_tree.factor_leaves())} factor leaves merged",
+                          markup=False, highlight=False)
     console.print(f"{r.detection.model} ({r.detection.variant.name}), {len(r.plan.tensors)} tensors, "
                   f"{r.plan.total_bytes() / 1e9:.2f} GB, transformers key layout {r.transformers_version}; "
                   f"ignored sources: {len(a.ignored_sources)}, synthesized: {len(a.synthesized)}; "

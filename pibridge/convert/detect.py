@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pibridge.configs import GemmaSize, SiglipSize, Variant, load_variant, variant_names
+from pibridge.convert.lora import LoraTree, split_lora
 from pibridge.convert.mapping import model_only_sources
 from pibridge.convert.tree import openpi_tree_shapes
 from pibridge.errors import PibridgeError
@@ -69,6 +70,7 @@ class Detection:
     model: str  # "pi0" | "pi05"
     variant: Variant  # sizes read from the shapes; name is a shipped variant's when the sizes match one
     evidence: tuple[str, ...]  # the role leaves that decided the model
+    lora: LoraTree | None = None  # the LoRA adapters (pibridge.convert.lora), None for a plain tree
 
 
 def _fmt(path: Path) -> str:
@@ -76,11 +78,12 @@ def _fmt(path: Path) -> str:
 
 
 def detect(shapes: Mapping[Path, Shape]) -> Detection:
-    """Model and sizes from the leaf set and shapes; PibridgeError for pi0-FAST, LoRA, mixed or odd trees.
-    `shapes`: {path: shape} or a reader's {path: LeafInfo}."""
+    """Model and sizes from the leaf set and shapes; PibridgeError for pi0-FAST, mixed or odd trees and LoRA trees
+    OpenPI would not write (lora.split_lora). `shapes`: {path: shape} or a reader's {path: LeafInfo}."""
     shapes = shapes_of(shapes)
+    _refuse_unsupported(set(shapes))
+    shapes, lora = split_lora(shapes)  # sizes come from the base leaves
     paths = set(shapes)
-    _refuse_unsupported(paths)
     hits = {m: sorted(_fmt(p) for p in paths & model_only_sources(m)) for m in ("pi0", "pi05")}
     if hits["pi0"] and hits["pi05"]:
         raise PibridgeError(
@@ -96,20 +99,16 @@ def detect(shapes: Mapping[Path, Shape]) -> Detection:
     model = "pi05" if hits["pi05"] else "pi0"
     variant = _sizes(shapes, model)
     _check_shapes(shapes, variant)
-    return Detection(model=model, variant=variant, evidence=tuple(hits[model]))
+    return Detection(model=model, variant=variant, evidence=tuple(hits[model]), lora=lora)
 
 
 def _refuse_unsupported(paths: set[Path]) -> None:
-    lora = sorted(_fmt(p) for p in paths if any("lora" in part for part in p))
-    if lora:
-        raise PibridgeError(f"{len(lora)} LoRA leaves, e.g. {lora[0]}",
-                            expected="a tree with merged weights (no lora_a / lora_b leaves)",
-                            fix="merge the LoRA adapters into the base weights before converting")
     expert = ("PaliGemma", "llm", "layers", "attn", "q_einsum_1", "w")
     if expert not in paths and ("action_in_proj", "kernel") not in paths:
         raise PibridgeError("the tree has no action expert (no q_einsum_1, no action_in_proj): a pi0-FAST or plain "
                             "PaliGemma checkpoint", expected="a pi0 or pi05 (flow-matching) checkpoint",
-                            fix="pi0-FAST is not supported by LeRobot's pi0 / pi05 policies; convert a pi0 / pi05 one")
+                            fix="pi0-FAST is not supported by LeRobot's pi0 / pi05 policies (LoRA fine-tunes of it, e.g. "
+                                "pi0_fast_libero_low_mem_finetune, neither); convert a pi0 / pi05 one")
 
 
 def _need(shapes: Mapping[Path, Shape], path: str) -> Shape:

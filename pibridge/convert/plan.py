@@ -13,7 +13,7 @@ does), grouped by source leaf in table order.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ml_dtypes
 import numpy as np
@@ -21,6 +21,8 @@ import numpy as np
 from pibridge.configs import Variant
 from pibridge.convert import transforms as T
 from pibridge.convert.detect import Detection, Path, Shape, detect, shapes_of, stack_axis
+from pibridge.convert.lora import LoraTree, merge_rule
+from pibridge.convert.lora_merge import merging_reader
 from pibridge.convert.mapping import SYNTH_SHAPES, Row, dest_key, lerobot_dtype, rows_for, vision_prefix
 from pibridge.convert.safetensors_writer import Header, SafetensorsWriter, spec
 from pibridge.convert.tree import openpi_tree_shapes
@@ -41,12 +43,13 @@ class PlannedTensor:
     layer: int | None  # index on the scanned axis
     part: int | None  # index on the first per-layer axis (kv / gating split)
     source_shape: Shape  # shape the transform sees (after layer and part selection)
+    merge: str = ""  # LoRA merged into the source slice first (lora.merge_rule), "" for none
 
     def audit_line(self, key_width: int = 100) -> str:
         src = "<zeros>" if self.source is None else "/".join(self.source)
         sel = "".join(f"[{i}]" for i in (self.layer, self.part) if i is not None)
         return (f"{self.key:<{key_width}} {str(self.shape):<22} {self.dtype:<8} <- {self.transform:<17} "
-                f"{src}{sel} {self.source_shape}")
+                f"{src}{sel} {self.source_shape}" + (f" {self.merge}" if self.merge else ""))
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class ConversionPlan:
     weights_dtype: str  # dtype of the written file: "float32" or LeRobot's mixed "bfloat16" layout
     tensors: tuple[PlannedTensor, ...]
     accounting: Accounting
+    lora: dict | None = None  # {(expert, kind): LoraSetting} merged on the way (factor leaves consumed by it)
+    lora_tree: LoraTree | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -118,12 +123,18 @@ def _expand(row: Row, shapes: Mapping[Path, Shape], variant: Variant, vision: st
 
 
 def plan_conversion(shapes: Mapping[Path, Shape], *, transformers_version: str = "5.5.4",
-                    weights_dtype: str = "float32", detection: Detection | None = None) -> ConversionPlan:
+                    weights_dtype: str = "float32", detection: Detection | None = None,
+                    lora: Mapping | None = None) -> ConversionPlan:
     """Plan every LeRobot tensor from leaf shapes alone (no data): `shapes` is {path: shape} or a reader's
     {path: LeafInfo}. Raises PibridgeError on an undetectable tree; missing / extra leaves are reported in
-    `accounting` (call `plan.accounting.require_complete(...)` before writing)."""
+    `accounting` (call `plan.accounting.require_complete(...)` before writing). A LoRA tree needs `lora`
+    ({(expert, kind): LoraSetting}, pibridge.convert.lora.resolve_settings): its factors count as consumed by the
+    merge into their base leaf, which each planned tensor of that leaf records (`merge`)."""
     shapes = shapes_of(shapes)
     det = detection or detect(shapes)
+    if det.lora is not None and lora is None:
+        raise PibridgeError("a LoRA tree planned without LoRA settings", "alpha / rsLoRA per adapted expert",
+                            "plan with lora=resolve_settings(detection.lora, ...)")
     vision = vision_prefix(transformers_version)
     rows = rows_for(det.model)
     planned: list[PlannedTensor] = []
@@ -134,11 +145,16 @@ def plan_conversion(shapes: Mapping[Path, Shape], *, transformers_version: str =
             continue
         planned += _expand(row, shapes, det.variant, vision, weights_dtype)
     read = {r.source for r in rows if r.source is not None}
+    if det.lora is not None:
+        rules = {a.base: merge_rule(a, lora) for a in det.lora.adapters}
+        planned = [replace(t, merge=rules.get(t.source, "")) for t in planned]
+        read |= {p for a in det.lora.adapters if a.base in read for p in (a.a, a.b)}
     unconsumed = tuple(sorted("/".join(p) for p in shapes if p not in read))
     synth = tuple(t.key for t in planned if t.source is None)
     acc = Accounting(unconsumed, (), tuple(missing), synth)
     planned.sort(key=lambda t: -NP_DTYPES[t.dtype].itemsize)  # stable: keeps source grouping
-    return ConversionPlan(det.model, det.variant, transformers_version, weights_dtype, tuple(planned), acc)
+    return ConversionPlan(det.model, det.variant, transformers_version, weights_dtype, tuple(planned), acc,
+                          dict(lora) if det.lora is not None else None, det.lora)
 
 
 def _layers_of(row: Row, variant: Variant) -> list[int | None]:
@@ -165,7 +181,10 @@ def iter_tensors(plan: ConversionPlan,
     """Yield (planned tensor, array) in plan order; `read(path)` is called once per run of the same source,
     after the previous leaf is released here (drop your own reference to the yielded array before asking
     for the next one to keep one leaf in memory). Arrays keep the source dtype and may be non-contiguous
-    views: the writer casts to `t.dtype` chunkwise."""
+    views: the writer casts to `t.dtype` chunkwise. A LoRA plan reads an adapted leaf with its factors and
+    yields its tensors merged in float32 (lora_merge), one layer at a time."""
+    if plan.lora_tree is not None:
+        read = merging_reader(read, plan.lora_tree, plan.lora)
     source, leaf = None, None
     for t in plan.tensors:
         if t.source is None:

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 import ml_dtypes
 import numpy as np
+import xxhash
 
 from pibridge.errors import PibridgeError
 
@@ -117,7 +118,8 @@ class SafetensorsWriter:
         self.header = plan_header(self.specs, metadata)
         self._next = 0
         self._f: BinaryIO | None = open(self.path, "wb")
-        self._f.write(self.header.data)
+        self._hash = xxhash.xxh3_128()  # of the bytes as written (guard.file_list), free beside the disk write
+        self._write(self.header.data)
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -134,7 +136,7 @@ class SafetensorsWriter:
         while (block := self._queue.get()) is not None:
             if self._error is None:
                 try:
-                    self._f.write(block)
+                    self._write(block)
                 except BaseException as err:  # surfaced in the caller's thread by _put / close
                     self._error = err
 
@@ -142,7 +144,7 @@ class SafetensorsWriter:
         if self._error is not None:
             raise self._error
         if self._queue is None:
-            self._f.write(block)
+            self._write(block)
         else:
             self._queue.put(block)
 
@@ -154,6 +156,15 @@ class SafetensorsWriter:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
+
+    def _write(self, data) -> None:
+        self._f.write(data)
+        self._hash.update(data)
+
+    @property
+    def file_hash(self) -> str:
+        """XXH3-128 hex of the file's bytes (complete once closed)."""
+        return self._hash.hexdigest()
 
     def __enter__(self) -> SafetensorsWriter:
         return self

@@ -29,6 +29,8 @@ from pibridge.configs import load_variant
 from pibridge.convert import normstats
 from pibridge.convert.atomic import atomic_output_dir
 from pibridge.convert.fingerprint import Fingerprint
+from pibridge.convert.lora import (DEFAULT_RANKS, EXPERTS, OPENPI_VARIANTS, LoraSetting, frozen_bf16, parse_per_expert,
+                                   parse_rslora)
 from pibridge.convert.ocdbt import (PYTREE_HANDLER, SHARDING_RELEASED, SHARDING_TRAINING, PyTreeItemWriter,
                                     checkpoint_metadata_json)
 from pibridge.convert.synth_weights import FORMULA_VERSION, LeafPlan, generate, plan_leaves
@@ -61,14 +63,16 @@ class SynthResult:
     stored_bytes: int
     fingerprint: str
     seconds: float
+    lora: dict | None = None  # {"experts", "settings": {"<expert>/<kind>": LoraSetting.to_dict()}}: the training config
 
 
 def synth_command(out: Path, *, variant: str, seed: int, dtype: str, layout: str, asset_id: str,
-                  profile: str | None, sharp_attention: bool, outliers: bool, force: bool) -> SynthResult:
+                  profile: str | None, sharp_attention: bool, outliers: bool, force: bool,
+                  lora: LoraRequest | None = None) -> SynthResult:
     """CLI entry: write the checkpoint and print a summary (fingerprint included)."""
     result = write_synthetic_checkpoint(out, variant=variant, seed=seed, dtype=dtype, layout=layout,
                                         asset_id=asset_id, profile=profile, sharp_attention=sharp_attention,
-                                        outliers=outliers, force=force)
+                                        outliers=outliers, force=force, lora=lora)
     _print_summary(result)
     return result
 
@@ -76,16 +80,33 @@ def synth_command(out: Path, *, variant: str, seed: int, dtype: str, layout: str
 def write_synthetic_checkpoint(out: Path, *, variant: str = "tiny-pi05", seed: int = 0, dtype: str = "float32",
                                layout: str = "released", asset_id: str = "synthetic", profile: str | None = None,
                                sharp_attention: bool = False, outliers: bool = False, force: bool = False,
-                               progress: bool | None = None) -> SynthResult:
-    """Write OUT atomically (temporary sibling, renamed at the end); PibridgeError on bad arguments."""
+                               progress: bool | None = None, lora: LoraRequest | None = None) -> SynthResult:
+    """Write OUT atomically (temporary sibling, renamed at the end); PibridgeError on bad arguments.
+    `lora`: a LoRA fine-tune as OpenPI's training writes it (training layout; frozen llm base leaves bfloat16,
+    factors and the rest float32: pibridge.convert.lora.frozen_bf16)."""
     var = load_variant(variant)
     store_dtype = _check_args(dtype, layout, asset_id)
+    settings = lora.settings() if lora else None
+    if lora and (layout != "training" or dtype != "float32"):
+        raise PibridgeError(f"--lora with --layout {layout} --dtype {dtype}",
+                            "a LoRA fine-tune in OpenPI's training layout, whose dtypes training decides "
+                            "(frozen llm base bfloat16, LoRA factors and the rest float32)",
+                            "pass --lora with --layout training and without --dtype")
     state_dim, action_dim, dims_from = _native_dims(profile)
-    plans = plan_leaves(var, seed, sharp_attention=sharp_attention, outliers=outliers)
+    plans = plan_leaves(var, seed, sharp_attention=sharp_attention, outliers=outliers,
+                        lora={k: (v.rank, v.scaling if k[1] == "attn" else 1.0) for k, v in settings.items()}
+                        if settings else None)
+    if settings:
+        experts = tuple(sorted({e for e, _ in settings}))
+        dtype_of = lambda path: DTYPES["bfloat16" if frozen_bf16(path, experts) else "float32"]  # noqa: E731
+        lora_rec = {"experts": [EXPERTS[e] for e in experts],
+                    "settings": {f"{EXPERTS[e]}/{k}": v.to_dict() for (e, k), v in sorted(settings.items())}}
+    else:
+        dtype_of, lora_rec = (lambda path: store_dtype), None
     show = (not var.tiny) if progress is None else progress
     t0 = time.perf_counter()
     with atomic_output_dir(Path(out), force=force) as tmp:
-        fp, nbytes = _write_params(tmp, plans, store_dtype, layout, show)
+        fp, nbytes = _write_params(tmp, plans, dtype_of, layout, show)
         if layout == "training":
             _write_train_state(tmp / "train_state")
             (tmp / "_CHECKPOINT_METADATA").write_text(checkpoint_metadata_json(
@@ -94,11 +115,48 @@ def write_synthetic_checkpoint(out: Path, *, variant: str = "tiny-pi05", seed: i
         stats_dir = tmp / "assets" / asset_id
         stats_dir.mkdir(parents=True)
         (stats_dir / "norm_stats.json").write_text(normstats.serialize(stats))
-        result = SynthResult(Path(out), var.name, seed, dtype, layout, asset_id, state_dim, action_dim, dims_from,
+        result = SynthResult(Path(out), var.name, seed, "mixed" if settings else dtype, layout, asset_id, state_dim, action_dim, dims_from,
                              sharp_attention, outliers, len(plans), sum(p.size for p in plans), nbytes, fp,
-                             round(time.perf_counter() - t0, 3))
+                             round(time.perf_counter() - t0, 3), lora_rec)
         (tmp / SYNTH_FILE).write_text(json.dumps(_record(result, profile), indent=2) + "\n")
     return result
+
+
+@dataclass(frozen=True)
+class LoraRequest:
+    """What `synth --lora` adapts: experts (0 PaliGemma, 1 action expert) and per-expert rank / alpha / rsLoRA
+    (missing: OpenPI's variant, gemma_2b_lora for PaliGemma and gemma_300m_lora for the expert)."""
+
+    experts: tuple[int, ...] = (0, 1)
+    rank: dict | None = None
+    alpha: dict | None = None
+    rslora: dict | None = None
+
+    def settings(self) -> dict[tuple[int, str], LoraSetting]:
+        out = {}
+        for e in self.experts:
+            rank = int((self.rank or {}).get(e, DEFAULT_RANKS[EXPERTS[e]]))
+            rs = bool((self.rslora or {}).get(e, False))
+            if e in (self.alpha or {}):
+                alpha, src = float(self.alpha[e]), "--lora-alpha"
+            else:
+                name, alpha = OPENPI_VARIANTS.get(rank, (None, float(rank)))
+                src = f"OpenPI variant {name}" if name else "alpha = rank (no OpenPI variant has this rank)"
+            for kind in ("attn", "ffn"):
+                out[(e, kind)] = LoraSetting(rank, alpha, rs, src)
+        return out
+
+
+def lora_request(experts: str | None, rank: str | None, alpha: str | None, rslora: str | None) -> LoraRequest | None:
+    """The CLI's --lora / --lora-rank / --lora-alpha / --lora-rslora as a LoraRequest (None without --lora)."""
+    if experts is None:
+        if rank or alpha or rslora:
+            raise PibridgeError("--lora-rank / --lora-alpha / --lora-rslora without --lora", "--lora EXPERTS with them",
+                                "add --lora both (or paligemma / action_expert)")
+        return None
+    chosen = parse_rslora(experts)  # same vocabulary: both | expert names
+    return LoraRequest(tuple(sorted(chosen)), parse_per_expert(rank, "--lora-rank", int),
+                       parse_per_expert(alpha, "--lora-alpha", float), parse_rslora(rslora))
 
 
 def _check_args(dtype: str, layout: str, asset_id: str) -> np.dtype:
@@ -128,16 +186,16 @@ def _native_dims(profile: str | None) -> tuple[int, int, str]:
     return state, action, f"profile {profile}{note}"
 
 
-def _write_params(tmp: Path, plans: list[LeafPlan], store_dtype: np.dtype, layout: str,
+def _write_params(tmp: Path, plans: list[LeafPlan], dtype_of: Callable[[tuple], np.dtype], layout: str,
                   show: bool) -> tuple[str, int]:
     training = layout == "training"
     writer = PyTreeItemWriter(tmp / "params", SHARDING_TRAINING if training else SHARDING_RELEASED)
     fp = Fingerprint()
-    total = sum(p.size for p in plans) * store_dtype.itemsize
+    total = sum(p.size * dtype_of(p.path).itemsize for p in plans)
     with _progress(total, show) as advance:
         for plan in plans:
             keypath = ("params",) + plan.path + (("value",) if training else ())
-            _write_leaf(writer, keypath, plan, store_dtype, fp, advance)
+            _write_leaf(writer, keypath, plan, dtype_of(plan.path), fp, advance)
     writer.finish()
     if not training:
         (tmp / "params" / "_CHECKPOINT_METADATA").write_text(checkpoint_metadata_json(PYTREE_HANDLER))
@@ -228,4 +286,9 @@ def _print_summary(r: SynthResult) -> None:
             f"{r.dims_from})")
     opts = [n for n, on in (("sharp_attention", r.sharp_attention), ("outliers", r.outliers)) if on]
     c.print(f"  options: {', '.join(opts) or 'none'}")
+    if r.lora:
+        c.print("  LoRA: " + "; ".join(f"{k} rank {v['rank']} alpha {v['alpha']:g}{' rsLoRA' if v['rslora'] else ''} "
+                                      + (f"(scaling {v['scaling']:g})" if k.endswith("attn") else "(unscaled)")
+                                      for k, v in r.lora["settings"].items())
+                + " (llm base of the adapted experts bfloat16, the rest float32)")
     c.print(f"  fingerprint {r.fingerprint}")

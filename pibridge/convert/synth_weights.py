@@ -260,11 +260,39 @@ def outlier_channels(seed: int, tower: str, width: int) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
-def plan_leaves(variant: Variant, seed: int, *, sharp_attention: bool = False,
-                outliers: bool = False) -> list[LeafPlan]:
-    """One plan per leaf of OpenPI's tree for `variant`, in canonical (sorted path) order."""
+LORA_B_GAIN = 0.6  # lora_b std multiplier: delta ~0.6x the base weight, so dropping it fails at the first LLM stage
+
+
+def _lora_std(path: Path, shape: Shape, base: Shape, scaling: float) -> float:
+    """lora_a: 1/sqrt(fan-in of its base) (same contraction); lora_b: LORA_B_GAIN/sqrt(r) / scaling (the update
+    scaling * A @ B is then ~LORA_B_GAIN x the base whatever alpha is), and /sqrt(N) more for attn_vec_einsum,
+    whose second LoRA einsum also sums out the head axis N (lora.py:67-85)."""
+    from pibridge.convert.lora import LLM_LAYERS
+
+    name = path[-2] if path[-1] in ("lora_a", "lora_b") else path[-1].rsplit("_lora_", 1)[0]
+    if path[-1].endswith("a"):
+        return 1.0 / math.sqrt(_fan_in(LLM_LAYERS + (name, "w") if path[-1] == "lora_a" else LLM_LAYERS + (name,),
+                                       base))
+    heads = base[1] if name.startswith("attn_vec_einsum") else 1
+    return LORA_B_GAIN / math.sqrt(shape[-2] * heads) / scaling
+
+
+def plan_leaves(variant: Variant, seed: int, *, sharp_attention: bool = False, outliers: bool = False,
+                lora: dict | None = None) -> list[LeafPlan]:
+    """One plan per leaf of OpenPI's tree for `variant` (plus the LoRA factors for `lora`, {(expert, kind): (rank,
+    scaling applied in the forward: alpha-derived for attn, 1 for ffn)}, pibridge.convert.lora), in canonical
+    (sorted path) order."""
     plans = []
-    for path, shape in openpi_tree_shapes(variant).items():
+    tree = openpi_tree_shapes(variant)
+    if lora:
+        from pibridge.convert.lora import KINDS, base_path, factor_paths, lora_tree_shapes
+
+        owner = {p: (base_path(role, k[0]), k) for k in lora for role in KINDS[k[1]] for p in factor_paths(role, k[0])}
+        for path, shape in sorted(lora_tree_shapes(tree, {k: r for k, (r, _) in lora.items()}).items()):
+            base, key = owner[path]
+            std = _lora_std(path, shape, tree[base], lora[key][1])
+            plans.append(LeafPlan(path, shape, stream_key(seed, "/".join(path)), std))
+    for path, shape in tree.items():
         std, means = _std_and_means(path, shape)
         gains: tuple[tuple[int, int, float], ...] = ()
         if sharp_attention:
@@ -274,4 +302,4 @@ def plan_leaves(variant: Variant, seed: int, *, sharp_attention: bool = False,
         if tower is not None:
             gains += tuple((len(shape) - 1, c, OUTLIER_GAIN) for c in outlier_channels(seed, tower, shape[-1]))
         plans.append(LeafPlan(path, shape, stream_key(seed, "/".join(path)), std, means, gains))
-    return plans
+    return sorted(plans, key=lambda p: p.path)

@@ -92,6 +92,33 @@ def _check_inputs_readable(req: CaptureRequest) -> None:
     load_observation(req.obs)
     if req.shared_inputs is not None:
         load_model_inputs(req.shared_inputs)
+    out = req.lerobot if req.stack != "jax" else (Path(req.profile) if req.profile else None)
+    if out is not None and (Path(out) / "pibridge.json").is_file():
+        from pibridge.convert.convert import load_provenance
+
+        check_observation_fits(Path(req.obs), load_provenance(Path(out)), Path(out))
+
+
+def check_observation_fits(obs_path: Path, rec: dict, out: Path) -> None:
+    """The observation's horizon, state dim and filled camera slots against OUT's profile (pibridge.json)."""
+    from pibridge.convert.profile import SLOTS, profile_from_dict
+    from pibridge.parity.observation import load_observation
+
+    obs = load_observation(obs_path)
+    prof = profile_from_dict(rec["profile"])
+    problems = []
+    if obs.noise.shape[1] != prof.action_horizon:
+        problems.append(f"noise horizon {obs.noise.shape[1]}, the profile's action_horizon is {prof.action_horizon}")
+    if prof.state_dim is not None and obs.state.shape[1] != prof.state_dim:
+        problems.append(f"state dim {obs.state.shape[1]}, the profile's state_dim is {prof.state_dim}")
+    filled = [s for s in SLOTS if s not in (rec.get("empty_slots") or [])]
+    missing = [s for s in filled if s not in obs.slots]
+    if missing:
+        problems.append(f"no image for slot(s) {', '.join(missing)}, which OUT fills")
+    if problems:
+        raise PibridgeError(f"observation {obs_path} does not fit OUT's profile {prof.name!r}: " + "; ".join(problems),
+                            f"horizon {prof.action_horizon}, state dim {prof.state_dim}, images for {', '.join(filled)}",
+                            f"make one that fits: pibridge parity obs {obs_path} --profile {out}")
 
 
 def _stack_function(name: str):

@@ -26,6 +26,7 @@ import importlib.metadata as md
 import inspect
 import io
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ def policy_class(model: str):
 def load_policy(out_dir: Path, model: str):
     """The real `from_pretrained`, then pibridge's own check of the load (LeRobot only prints a warning)."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    os.environ["PIBRIDGE_PLUGIN_WRAP"] = "0"  # the plugin (if its startup hook wrapped the class) stands aside:
+    with contextlib.redirect_stdout(buf):  # this capture checks the load and applies (or not) the fixes itself
         policy = policy_class(model).from_pretrained(str(out_dir))
     check = verify_load(policy, Path(out_dir) / "model.safetensors", buf.getvalue())
     if not check.ok:
@@ -353,23 +355,28 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
     from pibridge.parity.runtime_fixes import apply_runtime_fixes
     from pibridge.parity.trace import write_trace
 
+    from pibridge.parity.progress import Progress
+
     out_dir = Path(out_dir)
     obs = observation if isinstance(observation, Observation) else load_observation(Path(observation))
     prov = _provenance(out_dir)
     cams, empty, slots = prov["camera_names"], prov["empty_slots"], list(obs.slots)
     torch.manual_seed(0)
+    prog = Progress("lerobot", num_steps or 10)  # 10: LeRobot's default num_inference_steps
+    prog.phase("load weights (LeRobot from_pretrained)")
     policy, check = load_policy(out_dir, prov["model"])
     ver = versions()
     extra = {"exact_fp32": True} if exact_fp32 else {}  # opt-in record kind "runtime-opt-in" of fixes.json
     done = apply_runtime_fixes(policy, runtime_dtype=policy.config.dtype, lerobot_version=ver["lerobot"],
                                **extra) if fixes else {}
+    prog.phase("preprocess (OUT's processors)")
     pre, post = make_processors(policy, out_dir)
     if model_inputs is None:
         batch = pre(pipeline_batch(obs, cams, empty))
     else:
         batch = model_inputs_batch(Path(model_inputs), cams, empty)
     noise = torch.from_numpy(np.asarray(obs.noise, np.float32))
-    recorder = StageRecorder()
+    recorder = StageRecorder(on_record=prog.on_record)
     hooks = LeRobotRecorder(policy, recorder)
     try:
         kw = {"num_steps": num_steps} if num_steps else {}
@@ -380,6 +387,7 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
     recorder.record(st.ACTIONS_UNNORMALIZED, _np(post[:1](chunk)))  # the unnormalizer step alone
     unnorm = post(chunk)  # every output transform of OUT: the robot's action
     recorder.record(st.ACTIONS_ROBOT, _np(unnorm))
+    prog.done()
     actions = recorder[st.ACTIONS].value
     meta = {"stack": "lerobot", "versions": ver, "fixes": done, "fixes_enabled": fixes,
             "precision": "bf16" if policy.config.dtype == "bfloat16" else "float32", "runtime_dtype": policy.config.dtype,

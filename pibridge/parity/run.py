@@ -11,6 +11,8 @@ stack), "lerobot" (the real LeRobot, pibridge.parity.lerobot_capture; give --tor
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -190,6 +192,7 @@ class RunRequest:
     json: Path | None = None
     workdir: Path | None = None
     view: str = "full"  # terminal: full | summary | only-failing (report())
+    keep_temp: bool = False
 
 
 @dataclass(frozen=True)
@@ -290,11 +293,81 @@ def _with_progress(argv: list[str], console) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(argv, rc, out.read(), "".join(err))
 
 
-def run(req: RunRequest, console=None) -> RunResult:
-    """Capture both stacks in subprocesses, compare, report; ParityFailure when a model stage diverges."""
-    from pibridge.parity.capture import obs_command
-    from pibridge.parity.lerobot_preprocess import default_tokenizer_path
+def preflight(req: RunRequest) -> str | None:
+    """What can be checked before any capture: report paths writable, OUT's recorded source vs the checkpoint
+    given (norm-stats asset hash; params fingerprint where the checkpoint records one, i.e. `pibridge synth`),
+    the observation vs OUT's profile. Returns OUT's params fingerprint when it must still be compared with the
+    JAX capture's (a real checkpoint: its fingerprint needs every leaf read)."""
+    from pibridge.convert.convert import load_provenance
+    from pibridge.convert.reader import open_checkpoint
 
+    for flag, path in (("--html", req.html), ("--json", req.json)):
+        if path is not None:
+            _writable_file(Path(path), flag)
+    if req.workdir is not None:
+        _writable_dir(Path(req.workdir))
+    rec = load_provenance(req.lerobot)
+    ck = open_checkpoint(req.openpi)
+    _same_asset(rec, ck, req)
+    recorded = (rec.get("source") or {}).get("fingerprint")
+    synth = (ck.synth_record or {}).get("fingerprint")
+    if recorded and synth:
+        _same_params(recorded, synth, req)
+    if req.obs is not None:
+        from pibridge.parity.capture import check_observation_fits
+
+        check_observation_fits(Path(req.obs), rec, Path(req.lerobot))
+    return recorded if recorded and not synth else None
+
+
+def _writable_file(path: Path, flag: str) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise PibridgeError(f"{flag} {path} is a directory", "a file path for the report", f"pass {flag} DIR/report")
+    if not parent.is_dir():
+        raise PibridgeError(f"{flag} {path}: directory {parent} does not exist", "an existing, writable directory",
+                            f"create it (mkdir -p {parent}) or pass another {flag} path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PibridgeError(f"{flag} {path} is not writable", "a path this user can write",
+                            f"pass another {flag} path")
+
+
+def _writable_dir(path: Path) -> None:
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise PibridgeError(f"--workdir {path}: {base} is not a writable directory", "a writable directory",
+                            "pass another --workdir, or leave it out (a new temporary directory)")
+
+
+def _same_asset(rec: dict, ck, req: RunRequest) -> None:
+    from pibridge.convert.assets import norm_stats_hash
+
+    asset = (rec.get("source") or {}).get("asset")
+    if not asset:
+        return  # converted before pibridge recorded it
+    path = ck.root / "assets" / asset["id"] / "norm_stats.json"
+    found = norm_stats_hash(path) if path.is_file() else "absent"
+    if found != asset["norm_stats_sha256"]:
+        raise PibridgeError(
+            f"{req.lerobot} was converted with the norm stats of asset {asset['id']!r} ({asset['norm_stats_sha256'][:19]}"
+            f"...), but {path} is {found[:19] + '...' if found != 'absent' else 'absent'}",
+            "the checkpoint OUT was converted from (pibridge.json `source`)",
+            f"pass --openpi {rec['source'].get('path')}, or re-convert OUT from {req.openpi}")
+
+
+def _same_params(recorded: str, found: str | None, req: RunRequest) -> None:
+    if found and found != recorded:
+        raise PibridgeError(f"the checkpoint {req.openpi} has params fingerprint {found[:23]}..., but {req.lerobot} was "
+                            f"converted from params {recorded[:23]}...",
+                            "the checkpoint OUT was converted from (pibridge.json `source`)",
+                            f"pass the checkpoint OUT came from, or re-convert OUT from {req.openpi}")
+
+
+def run(req: RunRequest, console=None) -> RunResult:
+    """Capture both stacks in subprocesses, compare, report; ParityFailure when a model stage diverges. Everything
+    checkable runs first (preflight); a failed run removes its temporary directory unless keep_temp."""
     from dataclasses import replace
 
     from pibridge.vocab import precision_token
@@ -305,6 +378,7 @@ def run(req: RunRequest, console=None) -> RunResult:
         raise PibridgeError(f"--torch-stack {req.torch_stack}", f"one of {', '.join(TORCH_STACKS)}",
                             "pass --torch-stack ours")
     rules = _rules(req.tolerances)  # fail early on a bad tolerance file
+    recorded_fp = preflight(req)
     torch_python = req.torch_python or sys.executable
     if req.torch_stack == "lerobot":  # before the JAX capture: its environment, and a precision it can honour
         from pibridge.convert.convert import load_provenance
@@ -314,8 +388,25 @@ def run(req: RunRequest, console=None) -> RunResult:
         torch_python = lerobot_python(req.torch_python)
     note = comparison_note(req)
     console.print(note, highlight=False)
+    own = req.workdir is None
     work = Path(req.workdir or tempfile.mkdtemp(prefix="pibridge-parity-"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_in(req, work, rules, recorded_fp, torch_python, note, console)
+    except BaseException:
+        if own and not req.keep_temp:
+            shutil.rmtree(work, ignore_errors=True)
+            console.print(f"removed the temporaries of this run ({work}); --keep-temp keeps them", highlight=False)
+        else:
+            console.print(f"temporaries of this run kept in {work}", highlight=False)
+        raise
+
+
+def _run_in(req: RunRequest, work: Path, rules: list[Rule], recorded_fp: str | None, torch_python: str, note: str,
+            console) -> RunResult:
+    from pibridge.parity.capture import obs_command
+    from pibridge.parity.lerobot_preprocess import default_tokenizer_path
+
     obs = req.obs
     if obs is None:
         obs = work / "obs.safetensors"
@@ -326,6 +417,8 @@ def run(req: RunRequest, console=None) -> RunResult:
     common = {"precision": req.precision, "steps": req.steps, "tokenizer": tok}
     sec = {"jax": _run_capture(capture_argv(req.jax_python, "jax", obs, jt, openpi=req.openpi, profile=req.lerobot,
                                             save_inputs=inputs, **common), "jax", console)}
+    if recorded_fp:  # a real checkpoint's fingerprint is known only once the JAX capture has read its leaves
+        _same_params(recorded_fp, (read_trace(jt).meta.get("checkpoint") or {}).get("fingerprint"), req)
     sec["torch"] = _run_capture(capture_argv(torch_python, TORCH_STACKS[req.torch_stack], obs, tt,
                                              lerobot=req.lerobot, shared_inputs=inputs, resize=req.resize,
                                              no_fixes=not req.fixes, **common), req.torch_stack, console)
@@ -383,6 +476,7 @@ def _parser():
     r.add_argument("--resize", default="openpi")
     r.add_argument("--steps", type=int, default=10)
     r.add_argument("--no-fixes", action="store_true")
+    r.add_argument("--keep-temp", action="store_true")
     r.add_argument("--jax-python", default=sys.executable)
     r.add_argument("--torch-python", default=None)
     return p
@@ -408,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
                            precision=a.precision, shared_preprocessing=a.shared_preprocessing, resize=a.resize,
                            fixes=not a.no_fixes, steps=a.steps, tokenizer=a.tokenizer, tolerances=a.tolerances,
                            jax_python=a.jax_python, torch_python=a.torch_python, html=a.html, json=a.json,
-                           workdir=a.workdir))
+                           workdir=a.workdir, keep_temp=a.keep_temp))
     except PibridgeError as err:
         print(f"pibridge: error: {err.render()}", file=sys.stderr)
         sys.exit(err.exit_code)

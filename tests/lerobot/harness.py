@@ -95,7 +95,8 @@ def jax_trace(ckpt: Path, out: Path, obs, precision: str, trace: Path, *, npz: P
 
 
 def lerobot_capture(venv: str, out: Path, obs_path: Path, trace: Path, *, fixes: bool = True,
-                    model_inputs: Path | None = None, tiny: bool = True) -> dict:
+                    model_inputs: Path | None = None, tiny: bool = True, progress: bool = False) -> dict:
+    """The capture's JSON summary; with progress=True also its relayed progress lines under "progress"."""
     cmd = [str(venv_python(venv)), "-m", "pibridge.parity.lerobot_stack", str(out), str(obs_path), str(trace)]
     if tiny:
         cmd += ["--preload", str(TINY_PATCH)]
@@ -104,10 +105,19 @@ def lerobot_capture(venv: str, out: Path, obs_path: Path, trace: Path, *, fixes:
     if model_inputs is not None:
         cmd += ["--model-inputs", str(model_inputs)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    if progress:
+        from pibridge.parity.progress import ENV
+
+        env[ENV] = "1"
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if p.returncode != 0:
         raise AssertionError(f"lerobot_stack failed (rc {p.returncode}):\n{p.stderr[-4000:]}\n{p.stdout[-2000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    if progress:
+        from pibridge.parity.progress import PREFIX
+
+        summary["progress"] = [x[len(PREFIX):].rsplit(" (", 1)[0] for x in p.stderr.splitlines() if x.startswith(PREFIX)]
+    return summary
 
 
 def stage_table(jax_path: Path, lr_path: Path):

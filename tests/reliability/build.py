@@ -40,6 +40,7 @@ class Shared:
     root: Path
     ck: Path  # tiny-pi05 synthetic checkpoint (profile pi05_droid, asset id droid)
     obs: Path  # a valid observation for pi05_droid, batch 1, small camera images
+    out: Path  # `ck` converted by pibridge (profile pi05_droid, cameras CAMS): an OUT --force may replace
 
 
 def build_shared(root: Path) -> Shared:
@@ -51,7 +52,12 @@ def build_shared(root: Path) -> Shared:
     if not obs.exists():
         save_observation(obs, synthetic_observation(batch=1, horizon=15, state_dim=8, seed=0,
                                                     image_sizes={"base_0_rgb": (24, 32), "left_wrist_0_rgb": (12, 16)}))
-    return Shared(root, ck, obs)
+    out = root / "out"
+    if not out.exists():
+        from pibridge.convert.convert import ConvertRequest, convert
+
+        convert(ConvertRequest(ckpt=ck, out=out, profile=PROFILE, camera_map=CAMS, allow_tiny=True))
+    return Shared(root, ck, obs, out)
 
 
 # --- copies and hashes ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ byte-identical afterwards, and no `.out.pibridge-*` temporaries may remain.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from pibridge.parity import stages as st
 from reliability import build as B
 
 CONVERT = ("convert", "ck", "out", "--profile", B.PROFILE, "--allow-tiny", "--camera-map", B.CAMS)
+FLAGS = CONVERT[3:]
 COMPARE = ("parity", "compare", "a", "b")
+RUN = ("parity", "run", "--openpi", "ck", "--lerobot", "out")
 CAPTURE = ("parity", "capture", "--stack", "jax", "--ckpt", "ck", "--obs", "obs", "--out", "trace")
 MLP = ("PaliGemma", "llm", "layers", "mlp", "linear")
 BIAS = ("action_in_proj", "bias")
@@ -66,6 +69,45 @@ def also_out(make: Callable[[B.Shared, Path], None]) -> Callable[[B.Shared, Path
         (d / "out" / "config.json").write_text('{"type": "pi05"}\n')
         (d / "out" / "model.safetensors").write_bytes(bytes(range(256)) * 64)
     return both
+
+
+def at(rel: str, *edits: Callable[[Path], None]) -> Callable[[B.Shared, Path], None]:
+    """The shared checkpoint hard-link-copied to d/rel (parents created), then `edits` applied to d."""
+    def make(shared: B.Shared, d: Path) -> None:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        B.link_copy(shared.ck, d / rel)
+        for edit in edits:
+            edit(d)
+    return make
+
+
+def own_out(make: Callable[[B.Shared, Path], None], *edits: Callable[[Path], None]) -> Callable[[B.Shared, Path], None]:
+    """`make`, plus d/out: a hard-linked copy of an OUT pibridge wrote, then `edits` applied to d/out."""
+    def both(shared: B.Shared, d: Path) -> None:
+        make(shared, d)
+        B.link_copy(shared.out, d / "out")
+        for edit in edits:
+            edit(d / "out")
+    return both
+
+
+def symlink(name: str, target: str) -> Callable[[Path], None]:
+    return lambda d: (d / name).symlink_to(target)
+
+
+def move_to_symlink(rel: str, dest: str) -> Callable[[Path], None]:
+    """Move d/rel to d/dest and leave a (relative) symlink at d/rel pointing there."""
+    def edit(d: Path) -> None:
+        (d / dest).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).rename(d / dest)
+        (d / rel).symlink_to(os.path.relpath(d / dest, (d / rel).parent))
+    return edit
+
+
+def drop_file_list(o: Path) -> None:
+    doc = json.loads((o / "pibridge.json").read_text())
+    doc.pop("files")
+    B.replace_file(o / "pibridge.json", json.dumps(doc).encode())
 
 
 def tree(shapes: Callable[[], dict], poison: tuple | None = None) -> Callable[[B.Shared, Path], None]:
@@ -115,6 +157,14 @@ def two_asset_ids(c: Path) -> None:
     shutil.rmtree(c / "assets")
     B.write_norm_stats(c, "robot_a", text)
     B.write_norm_stats(c, "robot_b", text)
+
+
+def trossen_only(c: Path) -> None:
+    """The only norm stats a 14-dim ALOHA (trossen) asset, as in issue 15."""
+    from pibridge.convert.normstats import serialize, synthesize
+
+    shutil.rmtree(c / "assets")
+    B.write_norm_stats(c, "trossen", serialize(synthesize(0, {"state": 14, "actions": 14})))
 
 
 def file_named(name: str, data: bytes = b"not a checkpoint\n") -> Callable[[B.Shared, Path], None]:
@@ -219,9 +269,9 @@ CASES: tuple[Case, ...] = (
          ("action_in_proj/bias contains NaN or Inf",)),
     Case("weight-nan-allowed", "checkpoint", "NaN in a weight with the opt-out --allow-nonfinite: converted",
          tree(B.tiny_shapes, (BIAS, np.nan)), CONVERT + ("--allow-nonfinite",), 0, ("wrote out",), writes="out"),
-    Case("lora-leaves", "checkpoint", "LoRA adapter leaves (lora_a) in the tree",
+    Case("lora-leaves", "checkpoint", "a LoRA factor without its partner (lora_a, no lora_b)",
          tree(with_leaf(MLP[:3] + ("attn", "q_einsum", "lora_a"), (4, 8, 64, 2))), CONVERT, 2,
-         ("LoRA leaves", "merge the LoRA adapters")),
+         ("without its partner", "not an OpenPI LoRA fine-tune")),
     Case("pi0-fast", "checkpoint", "a pi0-FAST tree (PaliGemma without action expert)", tree(B.fast_shapes),
          CONVERT, 2, ("pi0-FAST",)),
     Case("tiny-without-allow-tiny", "checkpoint", "test-size model without --allow-tiny", ck(),
@@ -233,7 +283,7 @@ CASES: tuple[Case, ...] = (
     Case("inspect-node-damaged", "checkpoint", "`inspect` on a checkpoint whose b-tree node fails its CRC",
          ck(lambda c: B.flip_bit(B.node_file(c), 100)), ("inspect", "ck"), 2, ("is damaged or missing", "CRC-32C")),
     Case("force-over-out-damaged-input", "checkpoint", "--force over an existing OUT, data file truncated: "
-         "old OUT kept byte-identical", also_out(ck(lambda c: B.truncate(B.data_files(c)[0], 1 << 20))),
+         "old OUT kept byte-identical", own_out(ck(lambda c: B.truncate(B.data_files(c)[0], 1 << 20))),
          CONVERT + ("--force",), 2, ("is damaged or missing",)),
     # norm stats
     Case("normstats-missing", "norm stats", "no assets/ directory", ck(rm("assets")), CONVERT, 2,
@@ -258,6 +308,10 @@ CASES: tuple[Case, ...] = (
          ck(stats(set_stat("state", "mean", lambda v: [float("nan")] + v[1:]))), CONVERT, 2,
          ("norm stats state.mean contain NaN or Inf",)),
     # profile and camera map
+    Case("profile-asset-dims-mismatch", "profile", "--profile pi05_droid (8 dims) on a checkpoint whose only norm "
+         "stats are a 14-dim trossen asset", ck(trossen_only), CONVERT, 2,
+         ("`state` have width 14", "asset 'trossen'", "profile 'pi05_droid' has state_dim 8", "pi05_aloha",
+          "--profile")),
     Case("profile-unknown", "profile", "--profile names no shipped profile", ck(),
          ("convert", "ck", "out", "--profile", "pi05_nope", "--allow-tiny", "--camera-map", B.CAMS), 2,
          ("unknown profile 'pi05_nope'", "pi05_droid")),
@@ -283,6 +337,65 @@ CASES: tuple[Case, ...] = (
          ("convert", "ck", "ck/out") + CONVERT[3:], 2, ("is inside the checkpoint",)),
     Case("out-is-file", "output", "OUT is an existing file, --force", lambda s, d: (ck()(s, d), file_named("out")(s, d)),
          CONVERT + ("--force",), 2, ("exists and is not a directory",)),
+    # output: --force and overlaps (issue 15): never an input, never what pibridge did not write
+    Case("out-contains-ckpt-dot", "output", "`convert ./ck . --force` run in CKPT's parent (OUT contains CKPT)",
+         at("ck"), ("convert", "./ck", ".", "--force") + FLAGS, 2, ("output . contains the checkpoint ck",)),
+    Case("out-contains-ckpt-named", "output", "`convert danger/2000 danger --force` (OUT is CKPT's parent)",
+         at("danger/2000"), ("convert", "danger/2000", "danger", "--force") + FLAGS, 2,
+         ("output danger contains the checkpoint danger/2000",)),
+    Case("out-contains-ckpt-no-force", "output", "OUT is CKPT's parent, without --force: the overlap is named",
+         at("danger/2000"), ("convert", "danger/2000", "danger") + FLAGS, 2,
+         ("output danger contains the checkpoint",)),
+    Case("out-contains-ckpt-symlink", "output", "OUT is a symlink to CKPT's parent, --force",
+         at("danger/2000", symlink("lnk", "danger")), ("convert", "danger/2000", "lnk", "--force") + FLAGS, 2,
+         ("output lnk contains the checkpoint danger/2000",)),
+    Case("out-contains-ckpt-dotdot", "output", "OUT spelled CKPT/.., --force",
+         at("danger/2000"), ("convert", "danger/2000", "danger/2000/..", "--force") + FLAGS, 2,
+         ("contains the checkpoint danger/2000",)),
+    Case("out-contains-ckpt-symlink-dotdot", "output", "CKPT a symlink `step` to danger/2000, OUT `step/..` (the "
+         "kernel's .. is danger, the spelled one the case directory), --force",
+         at("danger/2000", symlink("step", "danger/2000")), ("convert", "step", "step/..", "--force") + FLAGS, 2,
+         ("output step/.. contains the checkpoint step",)),
+    Case("out-contains-params-symlink", "output", "CKPT/params a symlink into store/, OUT store, --force",
+         at("ck", move_to_symlink("ck/params", "store/params")), ("convert", "ck", "store", "--force") + FLAGS, 2,
+         ("output store contains the checkpoint params",)),
+    Case("out-contains-norm-stats-symlink", "output", "CKPT's norm_stats.json a symlink into stats/, OUT stats, "
+         "--force", at("ck", move_to_symlink("ck/assets/droid/norm_stats.json", "stats/norm_stats.json")),
+         ("convert", "ck", "stats", "--force") + FLAGS, 2, ("output stats contains the norm stats of asset 'droid'",)),
+    Case("out-contains-tokenizer", "output", "--tokenizer inside OUT, --force",
+         own_out(ck(), lambda o: shutil.copyfile(B.TOKENIZER, o / "tok.model")),
+         CONVERT + ("--force", "--tokenizer", "out/tok.model"), 2, ("output out contains the tokenizer out/tok.model",)),
+    Case("out-inside-ckpt-symlink", "output", "OUT inside CKPT through a symlink to CKPT",
+         at("ck", symlink("lnk", "ck")), ("convert", "ck", "lnk/out") + FLAGS, 2, ("is inside the checkpoint",)),
+    Case("force-foreign-file", "output", "--force over pibridge's OUT plus a notes.txt of the user's",
+         own_out(ck(), lambda o: (o / "notes.txt").write_text("my notes\n")), CONVERT + ("--force",), 2,
+         ("out/notes.txt, which was not written by pibridge", "move notes.txt out of out")),
+    Case("force-foreign-dir", "output", "--force over pibridge's OUT plus an empty logs/ directory",
+         own_out(ck(), lambda o: (o / "logs").mkdir()), CONVERT + ("--force",), 2,
+         ("out/logs, which was not written by pibridge",)),
+    Case("force-foreign-symlink", "output", "--force over pibridge's OUT plus a symlink to the checkpoint in it",
+         own_out(ck(), lambda o: (o / "data").symlink_to("../ck")), CONVERT + ("--force",), 2,
+         ("out/data, which was not written by pibridge",)),
+    Case("force-modified-file", "output", "--force over pibridge's OUT whose config.json the user edited",
+         own_out(ck(), lambda o: B.replace_file(o / "config.json", o.joinpath("config.json").read_bytes() + b" ")),
+         CONVERT + ("--force",), 2, ("out/config.json, which was modified after pibridge wrote it",)),
+    Case("force-modified-same-size", "output", "--force over pibridge's OUT, one bit of model.safetensors flipped",
+         own_out(ck(), lambda o: B.flip_bit(o / "model.safetensors", 1 << 20)), CONVERT + ("--force",), 2,
+         ("model.safetensors, which was modified after pibridge wrote it (same size",)),
+    Case("force-not-pibridge-dir", "output", "--force over a directory without pibridge.json",
+         also_out(ck()), CONVERT + ("--force",), 2, ("in a directory pibridge did not write (no pibridge.json)",)),
+    Case("force-no-file-list", "output", "--force over an OUT whose pibridge.json has no `files` list",
+         own_out(ck(), drop_file_list), CONVERT + ("--force",), 2, ("has no list of the files pibridge wrote",)),
+    Case("ok-no-overlap", "output", "positive control: `convert danger/2000 danger-lerobot`, no overlap",
+         at("danger/2000"), ("convert", "danger/2000", "danger-lerobot") + FLAGS, 0, ("wrote danger-lerobot",),
+         writes="danger-lerobot"),
+    Case("ok-empty-dir-out", "output", "positive control: OUT an existing empty directory, no --force",
+         lambda s, d: (ck()(s, d), (d / "out").mkdir()), CONVERT, 0, ("wrote out",), writes="out"),
+    Case("ok-force-own-out", "output", "positive control: --force over pibridge's own unmodified OUT",
+         own_out(ck()), CONVERT + ("--force",), 0, ("wrote out",), writes="out"),
+    Case("ok-force-own-out-file-deleted", "output", "positive control: --force over pibridge's OUT missing a file "
+         "it listed (nothing foreign to lose)", own_out(ck(), lambda o: (o / "config.json").unlink()),
+         CONVERT + ("--force",), 0, ("wrote out",), writes="out"),
     Case("debug-shows-traceback", "output", "--debug (anywhere on the line): the same refusal, its traceback, the same exit code",
          nothing, CONVERT[:1] + ("--debug",) + CONVERT[1:], 2, ("Traceback", "PibridgeError", "ck does not exist"),
          traceback=True),
@@ -316,6 +429,16 @@ CASES: tuple[Case, ...] = (
          traces_and_tolerances({"rules": [{"pattern": "*", "precision": "*", "max_abs": 1e-3, "min_cosine": 0.9999}]},
                                b_scale=0.01),
          COMPARE + ("--tolerances", "tol.json"), 1, ("parity failed: first diverging stage input/state (fail)",)),
+    Case("run-html-dir-missing", "parity", "`parity run --html` into a missing directory: refused before any capture",
+         own_out(ck()), RUN + ("--html", "nope/report.html"), 2, ("--html nope/report.html: directory nope does not exist",)),
+    Case("run-out-from-other-norm-stats", "parity", "`parity run` with a checkpoint whose norm stats differ from the "
+         "ones OUT was converted with: refused before any capture",
+         own_out(ck(stats(set_stat("state", "mean", lambda v: [v[0] + 1.0] + v[1:])))), RUN, 2,
+         ("was converted with the norm stats of asset 'droid'",)),
+    Case("capture-obs-misses-a-camera", "parity", "`parity capture --stack torch` with an observation lacking a camera "
+         "OUT fills: refused before torch starts", own_out(capture_inputs(raw_obs(base_0_rgb=np.zeros(RGB, np.uint8)))),
+         ("parity", "capture", "--stack", "torch", "--lerobot", "out", "--obs", "obs", "--out", "trace"), 2,
+         ("does not fit OUT's profile 'pi05_droid'", "no image for slot(s) left_wrist_0_rgb")),
     Case("obs-missing", "parity", "capture with an observation path that does not exist",
          capture_inputs(lambda p: None), CAPTURE, 2, ("observation file obs not found",)),
     Case("obs-corrupted", "parity", "capture with a corrupted observation file", capture_inputs(corrupt_obs),

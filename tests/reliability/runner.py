@@ -8,6 +8,7 @@ than the one the case may write is byte-identical afterwards (tree sha256), no `
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
@@ -34,10 +35,16 @@ class Outcome:
     untouched: bool  # inputs byte-identical, nothing written except the case's expected output, no temporaries
     problems: tuple[str, ...]
     seconds: float
+    digest_before: str  # sha256 over the whole case directory (every entry's tree digest), before the command
+    digest_after: str
 
 
 def _snapshot(d: Path) -> dict[str, str]:
     return {p.name: B.tree_digest(p) for p in sorted(d.iterdir())}
+
+
+def _whole(snapshot: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(snapshot.items())).encode()).hexdigest()
 
 
 def _first_message_line(case: Case, stderr: str, stdout: str) -> str:
@@ -62,7 +69,8 @@ def run_case(case: Case, shared: B.Shared, workdir: Path) -> Outcome:
     problems = _check(case, proc, before, after, d)
     untouched = not any(p.startswith("nothing written:") for p in problems)
     return Outcome(case, "pibridge " + shlex.join(case.args), proc.returncode, proc.stderr + proc.stdout,
-                   _first_message_line(case, proc.stderr, proc.stdout), untouched, tuple(problems), seconds)
+                   _first_message_line(case, proc.stderr, proc.stdout), untouched, tuple(problems), seconds,
+                   _whole(before), _whole(after))
 
 
 def _check(case: Case, proc: subprocess.CompletedProcess, before: dict, after: dict, d: Path) -> list[str]:
@@ -93,7 +101,7 @@ def _written_problems(case: Case, before: dict, after: dict, d: Path) -> list[st
             problems.append(f"nothing written: {name} {what}")
     if case.writes and case.writes not in after:
         problems.append(f"expected output {case.writes} not written")
-    leftovers = sorted({n for p in (d / "out", d / "ck" / "out", d / "trace") for n in B.temp_siblings(p)})
+    leftovers = sorted({n for p in (d, d / "out", d / "ck" / "out", d / "trace") for n in B.temp_siblings(p)})
     problems += [f"nothing written: temporary {n} left" for n in leftovers]
     return problems
 

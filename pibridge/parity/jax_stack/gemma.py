@@ -5,7 +5,7 @@ N query heads, K kv heads, G heads per kv head (N/K), H head_dim.
 Expert 0 (PaliGemma) leaves have no suffix, expert 1 (action expert) leaves end in "_1" (gemma.py:443-450).
 `xs` is a pair (expert 0 tokens or None, expert 1 tokens or None); attention runs over the concatenation of
 the present experts' tokens, after an optional KV cache (gemma.py:157-249).
-Numerics follow openpi src/openpi/models/gemma.py and lora.py at commit 15a9616; `dtype` is the activation
+Numerics follow openpi src/openpi/models/gemma.py and lora.py at commit 15a9616 (LoRA applied unmerged, lora.py:53-148); `dtype` is the activation
 dtype (Pi0Config.dtype), parameters may be bfloat16 or float32.
 """
 
@@ -57,17 +57,38 @@ def apply_rope(x: jax.Array, positions: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def _einsum(p: dict, eqn: str, x: jax.Array) -> jax.Array:
-    return jnp.einsum(eqn, x, p["w"].astype(x.dtype))  # lora.py:55-57 (no LoRA leaves supported)
+def lora_equations(eqn: str, label: str = "L") -> tuple[str, str]:
+    """The two LoRA einsums of a weight einsum `x,W->y` whose last two W axes (a, b) carry the adapter
+    (lora.py:67-85): x,A->t with A = W's axes, b renamed to the rank `label` (t = y with b renamed), then
+    t,B->y with B = W's axes, a renamed. Axes of W other than a and b stay in both factors: an axis that y
+    lacks (attn_vec_einsum's N) is summed out in each einsum separately."""
+    inputs, y = eqn.split("->")
+    x, w = inputs.split(",")
+    a, b = w[-2], w[-1]
+    t = y.replace(b, label)
+    return f"{x},{w.replace(b, label)}->{t}", f"{t},{w.replace(a, label)}->{y}"
 
 
-def attention(p: dict, xs, positions, mask, kv_cache):
-    """Shared attention of the present experts. mask (B, T, S) bool. Returns (outputs per expert, (k, v))."""
+def _einsum(p: dict, eqn: str, x: jax.Array, scaling: float | None = None) -> jax.Array:
+    """lora.Einsum (lora.py:53-65): base einsum, plus einsum_b(einsum_a(x, A), B) * scaling when p holds the
+    factors, each factor cast to the activation dtype; `scaling` a Python float (weakly typed, as OpenPI's)."""
+    dtype = x.dtype
+    out = jnp.einsum(eqn, x, p["w"].astype(dtype))
+    if "lora_a" in p:
+        eqn_a, eqn_b = lora_equations(eqn)
+        t = jnp.einsum(eqn_a, x, p["lora_a"].astype(dtype))
+        out = out + jnp.einsum(eqn_b, t, p["lora_b"].astype(dtype)) * scaling
+    return out
+
+
+def attention(p: dict, xs, positions, mask, kv_cache, lora_scaling=(None, None)):
+    """Shared attention of the present experts. mask (B, T, S) bool. Returns (outputs per expert, (k, v)).
+    lora_scaling: per expert, the attention LoRA scaling (used where that expert's einsums hold factors)."""
     qkvs = []
     for e, x in enumerate(xs):
         if x is not None:
-            q = _einsum(p[_name("q_einsum", e)], "BTD,NDH->BTNH", x)
-            k, v = _einsum(p[_name("kv_einsum", e)], "BSD,2KDH->2BSKH", x)
+            q = _einsum(p[_name("q_einsum", e)], "BTD,NDH->BTNH", x, lora_scaling[e])
+            k, v = _einsum(p[_name("kv_einsum", e)], "BSD,2KDH->2BSKH", x, lora_scaling[e])
             qkvs.append((q, k, v))
     q, k, v = (jnp.concatenate(y, axis=1) for y in zip(*qkvs))  # experts concatenated along tokens
     q = apply_rope(q, positions)
@@ -89,16 +110,32 @@ def attention(p: dict, xs, positions, mask, kv_cache):
             outs.append(None)
             continue
         end = start + x.shape[1]
-        outs.append(_einsum(p[_name("attn_vec_einsum", e)], "BTNH,NHD->BTD", encoded[:, start:end]))
+        outs.append(_einsum(p[_name("attn_vec_einsum", e)], "BTNH,NHD->BTD", encoded[:, start:end], lora_scaling[e]))
         start = end
     return outs, (k, v)
 
 
+def _dot(x: jax.Array, w: jax.Array, lora: tuple | None) -> jax.Array:
+    """lora.FeedForward._dot (lora.py:144-148): x W [+ (x A) B], NO scaling; factors cast to x.dtype."""
+    base = jnp.dot(x, w.astype(x.dtype))
+    if lora is None:
+        return base
+    return base + jnp.dot(jnp.dot(x, lora[0].astype(x.dtype)), lora[1].astype(x.dtype))
+
+
+def _ffn_lora(p: dict, name: str, i: int | None = None) -> tuple | None:
+    if f"{name}_lora_a" not in p:
+        return None
+    a, b = p[f"{name}_lora_a"], p[f"{name}_lora_b"]  # gating: (2, D, r) / (2, r, F); linear: (F, r) / (r, D)
+    return (a, b) if i is None else (a[i], b[i])
+
+
 def feed_forward(p: dict, x: jax.Array) -> jax.Array:
-    """gelu_tanh(x W0) * (x W1) then W_linear, all in x.dtype (lora.py:123-148)."""
-    w = p["gating_einsum"].astype(x.dtype)  # (2, D, F): [0] gate branch, [1] linear branch
-    gate = jax.nn.gelu(jnp.dot(x, w[0]), approximate=True)  # flax nn.gelu default approximate=True
-    return jnp.dot(gate * jnp.dot(x, w[1]), p["linear"].astype(x.dtype))
+    """gelu_tanh(x W0) * (x W1) then W_linear, all in x.dtype (lora.py:123-148), LoRA per branch when present."""
+    w = p["gating_einsum"]  # (2, D, F): [0] gate branch, [1] linear branch
+    gate = jax.nn.gelu(_dot(x, w[0], _ffn_lora(p, "gating_einsum", 0)), approximate=True)  # flax default tanh
+    up = _dot(x, w[1], _ffn_lora(p, "gating_einsum", 1))
+    return _dot(gate * up, p["linear"], _ffn_lora(p, "linear"))
 
 
 def _residual(x, y, gate):
@@ -107,14 +144,15 @@ def _residual(x, y, gate):
     return x + y if gate is None else x + y * gate  # gemma.py:453-459
 
 
-def block(p: dict, xs, positions, mask, conds, kv_cache=None):
-    """One layer for both experts (gemma.py:292-333). Returns (xs, (k, v)) with k after RoPE."""
+def block(p: dict, xs, positions, mask, conds, kv_cache=None, lora_scaling=(None, None)):
+    """One layer for both experts (gemma.py:292-333). Returns (xs, (k, v)) with k after RoPE. LoRA factors in `p`
+    are applied unmerged, as OpenPI's forward does; lora_scaling: the attention scaling per expert."""
     normed, gates = [], []
     for e, x in enumerate(xs):
         y, g = rms_norm(p[_name("pre_attention_norm", e)], x, conds[e]) if x is not None else (None, None)
         normed.append(y)
         gates.append(g)
-    attn_out, kv = attention(p["attn"], normed, positions, mask, kv_cache)
+    attn_out, kv = attention(p["attn"], normed, positions, mask, kv_cache, lora_scaling)
     xs = [_residual(x, y, g) for x, y, g in zip(xs, attn_out, gates)]
     out = []
     for e, x in enumerate(xs):

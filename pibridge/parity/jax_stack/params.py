@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import jax
 
 from pibridge.configs import Variant
+from pibridge.convert.detect import shapes_of
+from pibridge.convert.lora import EXPERTS, LoraSetting, LoraTree, attn_scalings, resolve_settings, split_lora
 from pibridge.convert.tree import flatten, nest, openpi_tree_shapes
 from pibridge.errors import PibridgeError
 from pibridge.parity.jax_stack.precision import PrecisionPolicy
@@ -34,6 +36,8 @@ class ModelParams:
     pi05: bool
     variant: str  # Variant.name the tree was checked against
     precision: str  # PrecisionPolicy.name the leaves were stored for
+    lora_scaling: tuple = (None, None)  # attention LoRA scaling per expert (factors sit in llm_layers, unmerged)
+    lora: dict | None = None  # {"<expert>/<kind>": LoraSetting.to_dict()} when the tree has LoRA factors
 
 
 def _normalize_paths(flat: dict[Path, object]) -> dict[Path, object]:
@@ -58,8 +62,8 @@ def check_tree(flat: dict[Path, object], variant: Variant) -> None:
         raise PibridgeError(f"parameter tree does not match variant {variant.name}: "
                             + "; ".join(p for p in parts if p),
                             expected=f"the {len(expected)} leaves of OpenPI's Pi0 tree for {variant.name} "
-                                     "(pibridge.convert.tree.openpi_tree_shapes; LoRA leaves are not supported)",
-                            fix="pass the matching --variant, or merge LoRA weights into the base weights first")
+                                     "(pibridge.convert.tree.openpi_tree_shapes; LoRA factors are split off first)",
+                            fix="pass the matching --variant")
 
 
 def _scanned_roots(variant: Variant) -> dict[Path, int]:
@@ -99,12 +103,35 @@ def _source(tree) -> tuple[Mapping[Path, object], Callable[[Path], object]]:
     return tree.leaves, tree.read
 
 
-def prepare_params(tree, variant: Variant, policy: PrecisionPolicy, *, cast_up_front: bool = False) -> ModelParams:
+def lora_settings_for(tree, lt: LoraTree, given: Mapping | None) -> dict:
+    """alpha / rsLoRA of a LoRA tree: `given` ({(expert, kind): LoraSetting}), else the training config a
+    `pibridge synth --lora` checkpoint records, else OpenPI's variant for the rank (resolve_settings)."""
+    if given is not None:
+        return dict(given)
+    rec = (getattr(tree, "synth_record", None) or {}).get("lora")
+    if rec:
+        out = {}
+        for key, v in rec["settings"].items():
+            name, kind = key.split("/")
+            out[(EXPERTS.index(name), kind)] = LoraSetting(v["rank"], v["alpha"], v["rslora"], "pibridge synth record")
+        return out
+    return resolve_settings(lt)
+
+
+def prepare_params(tree, variant: Variant, policy: PrecisionPolicy, *, cast_up_front: bool = False,
+                   lora: Mapping | None = None) -> ModelParams:
     """Check `tree` (OpenPI's nested dict, or an opened checkpoint) against `variant`, hand each leaf to jax
     (policy.store: bf16 leaves stay bf16 under float32 and are cast per call; cast_up_front=True casts every
-    leaf to the param dtype here instead: same results, more memory), split scanned layers."""
+    leaf to the param dtype here instead: same results, more memory), split scanned layers. LoRA factors are
+    kept next to their base weights and applied in the forward pass; `lora`: {(expert, kind): LoraSetting}
+    (default: lora_settings_for)."""
     shapes, read = _source(tree)
-    check_tree(shapes, variant)
+    base, lt = split_lora(shapes_of(shapes))
+    check_tree({p: shapes[p] for p in base}, variant)
+    settings = lora_settings_for(tree, lt, lora) if lt else {}
+    if lt and set(settings) != set(lt.ranks()):
+        raise PibridgeError(f"LoRA settings for {sorted(settings)}", f"one per adapted (expert, kind): "
+                            f"{sorted(lt.ranks())}", "pass settings for exactly the adapters the tree holds")
     flat = _load(shapes, read, _scanned_roots(variant), policy.cast if cast_up_front else policy.store)
     img, llm = ("PaliGemma", "img"), ("PaliGemma", "llm")
     heads = ("action_in_proj", "action_out_proj") + (
@@ -122,4 +149,6 @@ def prepare_params(tree, variant: Variant, policy: PrecisionPolicy, *, cast_up_f
         pi05=variant.pi05,
         variant=variant.name,
         precision=policy.name,
+        lora_scaling=attn_scalings(settings),
+        lora={f"{EXPERTS[e]}/{k}": v.to_dict() for (e, k), v in sorted(settings.items())} or None,
     )

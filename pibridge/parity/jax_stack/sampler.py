@@ -67,9 +67,9 @@ def _prefix(table, img_out, tokens, image_mask, token_mask, dtype, pdtype):
     return img_tokens, embeds.astype(dtype), valid, mask, positions  # gemma.py:400 casts inputs to embed_dtype
 
 
-@partial(jax.jit, static_argnames=("pdtype",))
-def _prefix_layer(p, x, positions, mask, pdtype):
-    (x, _), (k, v) = gemma.block(use(p, pdtype), (x, None), positions, mask, (None, None))
+@partial(jax.jit, static_argnames=("pdtype", "lora"))
+def _prefix_layer(p, x, positions, mask, pdtype, lora=(None, None)):
+    (x, _), (k, v) = gemma.block(use(p, pdtype), (x, None), positions, mask, (None, None), lora_scaling=lora)
     return x, k, v
 
 
@@ -87,9 +87,9 @@ def _suffix(heads, state, x_t, time_emb, pi05, dtype, pdtype):
     return tokens.astype(dtype), cond  # gemma.py:400
 
 
-@partial(jax.jit, static_argnames=("pdtype",))
-def _expert_layer(p, x, positions, mask, cond, k, v, pdtype):
-    (_, x), _ = gemma.block(use(p, pdtype), (None, x), positions, mask, (None, cond), (k, v))
+@partial(jax.jit, static_argnames=("pdtype", "lora"))
+def _expert_layer(p, x, positions, mask, cond, k, v, pdtype, lora=(None, None)):
+    (_, x), _ = gemma.block(use(p, pdtype), (None, x), positions, mask, (None, cond), (k, v), lora_scaling=lora)
     return x
 
 
@@ -166,7 +166,7 @@ def _fill_cache(m: ModelParams, x: ModelInputs, img_out, dtype: str, pdtype: str
         tape.put(st.PREFIX_MASK, valid)
     cache = []
     for i, p in enumerate(m.llm_layers):
-        (h, k, v), sec = tape.run(_prefix_layer, p, h, positions, mask, pdtype=pdtype)
+        (h, k, v), sec = tape.run(_prefix_layer, p, h, positions, mask, pdtype=pdtype, lora=m.lora_scaling)
         cache.append((k, v))
         if tape.recorder is not None:
             tape.put(st.llm_kv(i, "k"), k, row_valid[:, :, :, None])
@@ -190,7 +190,8 @@ def _denoise(m: ModelParams, x: ModelInputs, noise: np.ndarray, valid, cache, dt
         (h, cond), sec0 = tape.run(_suffix, m.heads, state, x_t, time_embs[k], pi05=m.pi05, dtype=dtype,
                                   pdtype=pdtype)
         for i, (p, (ck, cv)) in enumerate(zip(m.llm_layers, cache)):
-            h, sec = tape.run(_expert_layer, p, h, positions, mask, cond, ck, cv, pdtype=pdtype)
+            h, sec = tape.run(_expert_layer, p, h, positions, mask, cond, ck, cv, pdtype=pdtype,
+                                   lora=m.lora_scaling)
             tape.put(st.expert_block(k, i), h, seconds=sec + (sec0 if i == 0 else 0.0))
         (v_t, x_t), sec = tape.run(_velocity, m.final_norm_expert, m.heads["action_out_proj"], h, cond, x_t,
                                    horizon=horizon, dt=dt, pdtype=pdtype)

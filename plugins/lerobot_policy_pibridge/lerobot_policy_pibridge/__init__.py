@@ -10,10 +10,19 @@ PI05Policy and PI0Policy. For a directory that holds pibridge.json (written by `
    policy's runtime dtype (e.g. fp32 RoPE inv_freq in bf16; undo double scaling on LeRobot 0.5 + transformers 5.4+).
 It also wraps the processor pipelines' `from_pretrained`: LeRobot <= 0.6.1 does not resolve a relative
 tokenizer path, and `pibridge convert` writes OUT/tokenizer's absolute path into policy_preprocessor.json; when
-that path no longer exists (OUT moved or copied to another machine) it points the tokenizer step at OUT/tokenizer.
-Any other directory or hub id loads exactly as before. It also registers the processor steps of OpenPI's host
+that path is not this OUT's own tokenizer/ (OUT moved, or copied: the copy would silently use the source's) it
+points the tokenizer step at OUT/tokenizer. Without the plugin, `python -m pibridge.convert.relocate OUT`
+rewrites the stored path once.
+Interpreter start: `python -m lerobot_policy_pibridge --install-hook` writes a .pth file into site-packages that
+imports `_startup` (stdlib only), which wraps the two policy classes as soon as their modules are imported, so a
+bare `PI05Policy.from_pretrained(OUT)` (no LeRobot script, no register_third_party_plugins) gets the load check
+and the runtime fixes too.
+A regular (non-editable) install puts lerobot_policy_pibridge_startup.pth into site-packages (setup.py);
+editable installs do not carry it: `python -m lerobot_policy_pibridge --install-hook` writes it.
+It also registers the processor steps of OpenPI's host
 transforms (lerobot_policy_pibridge.steps: default prompt, prompt cleaning, ALOHA adapt_to_pi) that
-`pibridge convert` writes into OUT's processors. Switch off with PIBRIDGE_RUNTIME_FIXES=0.
+`pibridge convert` writes into OUT's processors.
+Any other directory or hub id loads exactly as before. Switch off with PIBRIDGE_RUNTIME_FIXES=0.
 Result on the policy: `policy.pibridge_fixes` {fix id: places changed}.
 """
 
@@ -64,6 +73,8 @@ def _wrap(cls) -> None:
     @functools.wraps(original)
     def from_pretrained(klass, pretrained_name_or_path=None, *args, **kwargs):
         policy = original(klass, pretrained_name_or_path, *args, **kwargs)
+        if os.environ.get("PIBRIDGE_PLUGIN_WRAP") == "0":  # pibridge's own LeRobot capture does both itself
+            return policy
         out = _pibridge_dir(pretrained_name_or_path)
         return after_load(policy, out) if out is not None else policy
 
@@ -72,7 +83,8 @@ def _wrap(cls) -> None:
 
 
 def tokenizer_override(out: Path, config_filename: str) -> dict:
-    """{"tokenizer_processor": {"tokenizer_name": OUT/tokenizer}} when the stored tokenizer path is gone."""
+    """{"tokenizer_processor": {"tokenizer_name": OUT/tokenizer}} when OUT bundles a tokenizer and the stored
+    name is not that directory (gone after a move; the source's after a copy)."""
     import json
 
     cfg_path, local = out / config_filename, out / "tokenizer"
@@ -80,9 +92,18 @@ def tokenizer_override(out: Path, config_filename: str) -> dict:
         return {}
     for step in json.loads(cfg_path.read_text()).get("steps", []):
         name = step.get("config", {}).get("tokenizer_name")
-        if step.get("registry_name") == "tokenizer_processor" and name and not Path(name).is_dir():
+        if step.get("registry_name") == "tokenizer_processor" and name and not _same_dir(Path(name), local):
+            if Path(name).is_dir():
+                log.warning("pibridge: %s names the tokenizer %s, not its own %s: using its own", cfg_path, name, local)
             return {"tokenizer_processor": {"tokenizer_name": str(local.resolve())}}
     return {}
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.is_absolute() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def _wrap_processors() -> None:
