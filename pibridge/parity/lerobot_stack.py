@@ -371,9 +371,11 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
                                **extra) if fixes else {}
     prog.phase("preprocess (OUT's processors)")
     pre, post = make_processors(policy, out_dir)
-    if model_inputs is None:
-        batch = pre(pipeline_batch(obs, cams, empty))
-    else:
+    batch = pre(pipeline_batch(obs, cams, empty))
+    if model_inputs is not None:
+        # the model gets the shared inputs; the preprocessor still ran on the raw frame above, as deployed, so its
+        # host steps hold what the postprocessor needs (the relative-actions step caches the state that the
+        # absolute-actions step adds back)
         batch = model_inputs_batch(Path(model_inputs), cams, empty)
     noise = torch.from_numpy(np.asarray(obs.noise, np.float32))
     recorder = StageRecorder(on_record=prog.on_record)
