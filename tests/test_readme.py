@@ -1,7 +1,7 @@
 """Every command line README.md shows parses (issue 16): each indented `pibridge ...` line (continuations joined,
 `# comments` dropped) goes through the real click command tree's parser (types, choices, required options, no
 unknown or repeated flags) without running; the `make` targets it names exist; `check` and `fixes` are documented.
-The commands themselves run in the other tests on tiny variants (test_cli, test_convert, test_parity_run, make demo)."""
+Each of those lines also runs, with the tiny variant substituted, in test_readme_runs.py."""
 
 from __future__ import annotations
 
