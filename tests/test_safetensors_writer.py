@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 from pibridge.configs import load_variant
 from pibridge.convert import safetensors_writer as W
-from pibridge.convert.plan import convert_tree, plan_conversion, write_weights
+from pibridge.convert.plan import convert_tree, plan_conversion
+from pibridge.convert.weights import LeafReader, write_weights
 from pibridge.convert.tree import openpi_tree_shapes
 from pibridge.errors import PibridgeError
 
@@ -152,7 +153,7 @@ def test_write_weights_tiny_pi05(tmp_path, weights_dtype):
     shapes = openpi_tree_shapes(load_variant("tiny-pi05"))
     tree = {p: rng.standard_normal(s, dtype=np.float32) for p, s in shapes.items()}
     plan = plan_conversion({p: a.shape for p, a in tree.items()}, weights_dtype=weights_dtype)
-    header = write_weights(plan, tree.__getitem__, tmp_path / "model.safetensors")
+    header, _ = write_weights(plan, tree.__getitem__, tmp_path / "model.safetensors")
     _, ref = convert_tree(tree, weights_dtype=weights_dtype)
     back = load_file(tmp_path / "model.safetensors")
     assert list(back) and set(back) == set(ref) == set(plan.keys)

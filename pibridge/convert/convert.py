@@ -30,11 +30,11 @@ from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
 from pibridge.convert.lerobot_processors import HostSteps, build_processor_jsons
 from pibridge.convert.openpi_torch import OpenPITorchCheckpoint, is_openpi_torch_dir
-from pibridge.convert.plan import ConversionPlan, iter_tensors, plan_conversion
+from pibridge.convert.plan import ConversionPlan, plan_conversion
 from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
 from pibridge.convert.relocate import relocate_command
-from pibridge.convert.safetensors_writer import SafetensorsWriter, spec
+from pibridge.convert.weights import LeafReader, write_weights
 from pibridge.errors import PibridgeError
 from pibridge.hostx import EXCLUDE_TOKEN, action_names
 
@@ -316,22 +316,12 @@ def _check_synth_fingerprint(r: Resolved, fingerprint: str) -> None:
 
 
 def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bool, console) -> tuple[str, str]:
-    """Stream the plan into model.safetensors. Overlapped, with bounded memory: tensorstore decodes the next leaf
-    (only while current + 2 x next fits the budget 2.2 x largest leaf + 0.5 GB), a background thread fingerprints
-    and NaN-checks the current leaf, another writes blocks to disk while the next block is transposed / cast.
-    Returns the source fingerprint and the written file's hash (guard.HASH)."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
+    """Stream the plan into model.safetensors (weights.write_weights, overlapped reads through weights.LeafReader);
+    each leaf is fingerprinted and NaN-checked beside the conversion. Returns the source fingerprint and the written
+    file's hash (guard.HASH)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     fp = Fingerprint()
-    sizes = {p: i.nbytes for p, i in r.ckpt.leaves.items()}
-    order = list(dict.fromkeys(t.source for t in r.plan.tensors if t.source is not None))
-    following = dict(zip(order, order[1:] + [None]))
-    limit = 2.2 * max(sizes.values()) - 0.2e9  # leaves ~0.7 GB of the budget for blocks and the interpreter
-    prefetched: dict = {}
-    checks = ThreadPoolExecutor(1, thread_name_prefix="leaf-check")
-    last_check: list[Future] = []
 
     def check(leaf_path, arr) -> None:
         fp.add(leaf_path, arr)
@@ -339,44 +329,18 @@ def _write_weights(r: Resolved, path: Path, allow_nonfinite: bool, fold_bf16: bo
             raise PibridgeError(f"leaf {'/'.join(leaf_path)} contains NaN or Inf", "finite weights",
                                 "check the training run; pass --allow-nonfinite to convert anyway")
 
-    def start(leaf_path):
-        reader = getattr(r.ckpt, "read_async", None)
-        if reader is not None:
-            return reader(leaf_path)
-        done: Future = Future()
-        done.set_result(r.ckpt.read(leaf_path))
-        return done
+    def fold(t, x):
+        return fold_bf16_param(t.role, x) if t.dtype == "float32" and t.source is not None else x
 
-    def read(leaf_path):
-        for c in last_check:  # previous leaf checked (and released) before the next is held
-            c.result()
-        last_check.clear()
-        arr = (prefetched.pop(leaf_path, None) or start(leaf_path)).result()
-        nxt = following.get(leaf_path)  # LoRA factors are read with their base leaf, outside the plan order
-        if nxt is not None and arr.nbytes + 2 * sizes[nxt] <= limit:
-            prefetched[nxt] = start(nxt)
-        last_check.append(checks.submit(check, leaf_path, arr))
-        return arr
-
-    specs = [spec(t.key, np.dtype(t.dtype) if t.dtype == "float32" else _bf16(), t.shape) for t in r.plan.tensors]
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    try:
-        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar, \
-                SafetensorsWriter(path, specs, {"format": "pt"}) as writer:
-            writer.start_background_writes()
-            task = bar.add_task("model.safetensors", total=r.plan.total_bytes())
-            for (t, x), s in zip(iter_tensors(r.plan, read), specs):
-                if fold_bf16 and t.dtype == "float32" and t.source is not None:
-                    x = fold_bf16_param(t.role, x)
-                writer.write(t.key, x)
-                del x
-                bar.advance(task, s.nbytes)
-            for c in last_check:
-                c.result()
-    finally:
-        checks.shutdown(wait=True, cancel_futures=True)
-    return fp.hexdigest(), writer.file_hash
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar, \
+            LeafReader(r.ckpt, r.plan, on_leaf=check) as reader:
+        task = bar.add_task("model.safetensors", total=r.plan.total_bytes())
+        _, file_hash = write_weights(r.plan, reader.read, path, adjust=fold if fold_bf16 else None,
+                                     on_written=lambda n: bar.advance(task, n))
+        reader.finish()
+    return fp.hexdigest(), file_hash
 
 
 def _all_finite(arr: np.ndarray) -> bool:
@@ -387,12 +351,6 @@ def _all_finite(arr: np.ndarray) -> bool:
         bits = flat.view(np.uint16)
         return not any(((bits[i:i + step] & 0x7F80) == 0x7F80).any() for i in range(0, bits.size, step))
     return all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.size, step))
-
-
-def _bf16():
-    import ml_dtypes
-
-    return np.dtype(ml_dtypes.bfloat16)
 
 
 def _write_json(path: Path, obj: Any, indent: int) -> None:

@@ -4,7 +4,7 @@ Axis legend: L Gemma layers, V SigLIP layers (the scanned leading axes); other a
 pibridge.convert.transforms.
 The plan is pure: (leaf path -> shape) in, one PlannedTensor per LeRobot key out, plus an accounting of
 both directions (source leaves no row reads; destination keys whose source is missing). Streaming
-(`iter_tensors`) reads each source leaf once and emits all tensors made from it before the next read, so
+(`iter_tensors`, written by weights.write_weights) reads each source leaf once and emits all tensors made from it before the next read, so
 peak memory is one source leaf plus one destination tensor. Planned order: float32 tensors first, then
 bfloat16 (keeps every offset of the safetensors file aligned to its dtype, as the safetensors library
 does), grouped by source leaf in table order.
@@ -24,7 +24,6 @@ from pibridge.convert.detect import Detection, Path, Shape, detect, shapes_of, s
 from pibridge.convert.lora import LoraTree, merge_rule
 from pibridge.convert.lora_merge import merging_reader
 from pibridge.convert.mapping import SYNTH_SHAPES, Row, dest_key, lerobot_dtype, rows_for, vision_prefix
-from pibridge.convert.safetensors_writer import Header, SafetensorsWriter, spec
 from pibridge.convert.tree import openpi_tree_shapes
 from pibridge.errors import PibridgeError
 
@@ -196,18 +195,6 @@ def iter_tensors(plan: ConversionPlan,
             yield t, T.get_transform(t.transform).forward(_select(leaf, t))
 
 
-def write_weights(plan: ConversionPlan, read: Callable[[Path], np.ndarray], path,
-                  metadata: Mapping[str, str] | None = None) -> Header:
-    """Stream the planned tensors into ONE safetensors file at `path` (header planned first); peak memory
-    is about one source leaf plus one CHUNK_BYTES block."""
-    specs = [spec(t.key, NP_DTYPES[t.dtype], t.shape) for t in plan.tensors]
-    with SafetensorsWriter(path, specs, LEROBOT_METADATA if metadata is None else metadata) as writer:
-        for t, x in iter_tensors(plan, read):
-            writer.write(t.key, x)
-            del x  # no reference to the current leaf survives into the next read
-    return writer.header
-
-
 def convert_tree(tree: Mapping[Path, np.ndarray], **plan_kwargs) -> tuple[ConversionPlan, dict[str, np.ndarray]]:
     """In-memory conversion (tests, tiny models): {OpenPI path: array} -> (plan, {LeRobot key: array}).
     Arrays are cast to the planned dtype."""
@@ -264,4 +251,4 @@ def _place(tree, shapes, t: PlannedTensor, y: np.ndarray, filled: dict, ties: li
 
 
 __all__ = ["Accounting", "ConversionPlan", "PlannedTensor", "convert_tree", "inverse_convert", "iter_tensors",
-           "plan_conversion", "stack_axis", "write_weights"]
+           "plan_conversion", "stack_axis"]

@@ -139,6 +139,16 @@ class SafetensorsWriter:
                     self._write(block)
                 except BaseException as err:  # surfaced in the caller's thread by _put / close
                     self._error = err
+            del block  # a block may be a view of the caller's array: drop it before task_done
+            self._queue.task_done()
+
+    def wait_written(self) -> None:
+        """Block until every queued block is on its way to disk, so no queued block (possibly a view of the caller's
+        array) keeps that array alive; the streaming writer calls it before the next source leaf is read."""
+        if self._queue is not None:
+            self._queue.join()
+        if self._error is not None:
+            raise self._error
 
     def _put(self, block: np.ndarray) -> None:
         if self._error is not None:
