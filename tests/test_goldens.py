@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pibridge.parity import goldens as g
+from pibridge.parity.jax_stack.goldens import jax_golden_stages
 from pibridge.parity.trace import read_trace
 
 pytestmark = [pytest.mark.jax, pytest.mark.torch]
@@ -109,7 +110,7 @@ def today(made):
         inputs, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
         params = open_checkpoint(made[spec.variant][0].out).read_tree()
         for precision in g.PRECISIONS:
-            out[spec.variant, precision] = g.jax_golden_stages(params, load_variant(spec.variant), inputs, noise,
+            out[spec.variant, precision] = jax_golden_stages(params, load_variant(spec.variant), inputs, noise,
                                                                precision)[1]
     return out
 

@@ -56,3 +56,116 @@ def test_torch_side_never_imports_jax():
     assert mods
     loaded = _modules_loaded_after("\n".join(f"import {m}" for m in mods))
     assert not loaded & {"jax", "jaxlib", "flax", "orbax"}, loaded
+
+
+# ----------------------------------------------------------------------------------------------- the never-rules, by AST
+# Every import node counts: module level or inside a function, absolute or relative, and importlib.import_module /
+# __import__ with a literal name. (The subprocess checks above see only what importing a module loads.)
+import ast  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+PACKAGE_ROOT = Path(pibridge.convert.__file__).resolve().parents[1]  # .../pibridge
+STACK_ROOTS = ("pibridge.parity.jax_stack", "pibridge.parity.torch_stack", "pibridge.parity.lerobot_stack",
+               "pibridge.parity.transformers_stack")  # each stack's home; the rest of parity/ is the core
+FRAMEWORKS = ("jax", "jaxlib", "flax", "orbax", "torch", "lerobot")  # convert: transformers only for the best-effort tokenizer.json
+CLI_MODULE_LEVEL_OK = ("typer", "pibridge.vocab", "pibridge.errors")  # besides the standard library
+
+
+def _module_name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, root: Path):
+    """(imported module, line, module level?) for every import node of one file."""
+    name = _module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node.lineno, id(node) in top
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            for a in node.names:  # `from pibridge.parity import stages` imports pibridge.parity.stages
+                yield (f"{base}.{a.name}" if a.name != "*" else base), node.lineno, id(node) in top
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            f = node.func
+            callee = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if callee in ("import_module", "__import__"):
+                yield node.args[0].value, node.lineno, False
+
+
+def _within(module: str, roots) -> str | None:
+    return next((r for r in roots if module == r or module.startswith(r + ".")), None)
+
+
+def rule_violations(root: Path = PACKAGE_ROOT) -> list[str]:
+    """Every broken never-rule of DESIGN.md in the package tree at `root`, as 'file:line: rule (import)'."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        me = _module_name(path, root)
+        for imported, line, module_level in _imports(path, root):
+            where = f"{path.relative_to(root.parent)}:{line}"
+            mine, theirs = _within(me, STACK_ROOTS), _within(imported, STACK_ROOTS)
+            broken = []
+            if me.startswith("pibridge.convert"):
+                if imported.startswith("pibridge.parity"):
+                    broken.append("convert never imports parity")
+                if imported.split(".")[0] in FRAMEWORKS:
+                    broken.append("convert never imports jax / torch / lerobot")
+            if me.startswith("pibridge.parity") and mine is None and theirs is not None:
+                broken.append("the parity core imports no stack")
+            if mine is not None and theirs is not None and mine != theirs:
+                broken.append("a stack imports no other stack")
+            if mine == "pibridge.parity.jax_stack" and imported.startswith("pibridge.convert.lora_merge"):
+                broken.append("the JAX stack never imports convert's LoRA merge")
+            if me == "pibridge.cli" and module_level and imported.split(".")[0] in ("pibridge", *FRAMEWORKS) \
+                    and _within(imported, CLI_MODULE_LEVEL_OK) is None:
+                broken.append("the CLI imports lazily")
+            found += [f"{where}: {b} ({imported})" for b in broken]
+    return found
+
+
+def test_no_never_rule_is_broken_anywhere():
+    assert rule_violations() == []
+
+
+PLANTED = {  # the file to plant into, the line appended, the rule that must fire
+    "function-level": ("convert/convert.py", "def _planted():\n    from pibridge.parity import stages\n",
+                       "convert never imports parity"),
+    "relative": ("convert/convert.py", "def _planted():\n    from ..parity import stages\n",
+                 "convert never imports parity"),
+    "import_module": ("convert/plan.py", "def _planted():\n    import importlib\n"
+                      "    return importlib.import_module('pibridge.parity.stages')\n", "convert never imports parity"),
+    "framework": ("convert/reader.py", "def _planted():\n    import torch\n",
+                  "convert never imports jax / torch / lerobot"),
+    "core-imports-stack": ("parity/compare.py", "def _planted():\n    from pibridge.parity.jax_stack import run_policy\n",
+                           "the parity core imports no stack"),
+    "stack-imports-stack": ("parity/jax_stack/pi0.py", "def _planted():\n    from pibridge.parity import torch_stack\n",
+                            "a stack imports no other stack"),
+    "jax-lora-merge": ("parity/jax_stack/params.py", "def _planted():\n    from pibridge.convert import lora_merge\n",
+                       "the JAX stack never imports convert's LoRA merge"),
+    "cli-eager": ("cli.py", "from pibridge.convert.convert import convert as _planted\n", "the CLI imports lazily"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLANTED))
+def test_each_planted_break_is_found(tmp_path, case):
+    rel, code, rule = PLANTED[case]
+    copy = tmp_path / "pibridge"
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__", "configs"))
+    target = copy / rel
+    assert target.is_file(), f"planted target {rel} moved: update PLANTED"
+    target.write_text(target.read_text() + "\n\n" + code)
+    found = rule_violations(copy)
+    assert [v for v in found if rule in v and v.startswith(f"pibridge/{rel}:")], found

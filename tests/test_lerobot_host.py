@@ -49,7 +49,7 @@ def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
     from pibridge.convert.reader import open_checkpoint
     from pibridge.parity.jax_stack import run_policy
     from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     c = open_checkpoint(ck)
     stats = c.norm_stats(p.asset_id)
@@ -116,7 +116,7 @@ def test_default_prompt_and_cleaning_on_real_lerobot(work):
     import json
 
     from pibridge.parity.openpi_preprocess import tokenize_prompt
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     py = h.venv_python("lr-0.6.1")
     ck = h.make_ckpt(work, "pi0", "pi0_aloha_sim", asset="trossen")

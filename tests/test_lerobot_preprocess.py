@@ -10,7 +10,7 @@ from _parity_helpers import TOKENIZER, make_policy
 
 from pibridge.parity import lerobot_preprocess as lp
 from pibridge.parity.observation import load_observation
-from pibridge.parity.tokenizer import load_tokenizer
+from pibridge.tokenizer import load_tokenizer
 
 
 def test_resize_exact_halving_is_2x2_means_and_pads_centred():

@@ -17,7 +17,7 @@ from pibridge.parity.openpi_preprocess import (
     preprocess_detailed, prompt_text,
     resize_with_pad, tokenize_prompt, unnormalize,
 )
-from pibridge.parity.tokenizer import load_tokenizer
+from pibridge.tokenizer import load_tokenizer
 
 SPM = Path(__file__).parent / "data" / "test_spm.model"
 NEWLINE_ID = 4  # the user-defined "\n" piece of the test model

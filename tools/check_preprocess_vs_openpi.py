@@ -270,7 +270,7 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     patch_tokenizer_download()
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     tok, rng = load_tokenizer(SPM), np.random.default_rng(0)
     check_base_profiles()

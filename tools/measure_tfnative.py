@@ -102,7 +102,7 @@ def bins(state: np.ndarray) -> np.ndarray:
 
 def tokens_for(texts: list[str], token_len: int, *, pi0_split: bool):
     """Token ids + mask (right-padded), OpenPI style: SentencePiece with BOS; pi0 style tokenizes "\\n" apart."""
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     tok = load_tokenizer(TOKENIZER)
     rows = []
@@ -194,7 +194,7 @@ def summary(a, b) -> dict:
 def measure(d: Path) -> dict:
     import transformers
 
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
     from pibridge.parity.capture import load_model_inputs
     from pibridge.parity.observation import load_observation
     from pibridge.parity.trace import read_trace

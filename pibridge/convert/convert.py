@@ -24,7 +24,7 @@ from pibridge.convert.detect import Detection, detect
 from pibridge.convert.fingerprint import Fingerprint
 from pibridge.convert.fixtable import applicable_fixes, parse_version
 from pibridge.convert.folds import FOLD_ID, fold_bf16_param
-from pibridge.convert.guard import PROVENANCE_FILE, check_no_overlap, check_replaceable, file_list, is_empty_dir
+from pibridge.convert.guard import check_no_overlap, check_replaceable, file_list, is_empty_dir
 from pibridge.convert.lora import EXPERTS, merge_rule, parse_per_expert, parse_rslora, resolve_settings
 from pibridge.convert.lerobot_config import build_config_json, lerobot_target
 from pibridge.convert.lerobot_normstats import build_normalizer_states, write_normalizer_files
@@ -37,6 +37,7 @@ from pibridge.convert.relocate import relocate_command
 from pibridge.convert.weights import LeafReader, write_weights
 from pibridge.errors import PibridgeError
 from pibridge.hostx import EXCLUDE_TOKEN, action_names
+from pibridge.provenance import PROVENANCE_FILE
 
 LEROBOT_NAME = re.compile(r"[A-Za-z0-9_\-]+")
 NORM_MODES = {"zscore": "MEAN_STD", "quantile": "QUANTILES"}
@@ -360,7 +361,7 @@ def _write_json(path: Path, obj: Any, indent: int) -> None:
 def _write_tokenizer(spm: Path, dest: Path) -> None:
     """The SentencePiece model plus the config transformers' AutoTokenizer needs to build a Gemma tokenizer
     from a local directory (LeRobot's TokenizerProcessorStep calls AutoTokenizer.from_pretrained(name))."""
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     load_tokenizer(spm)  # validates: a SentencePiece model with Gemma's special ids
     dest.mkdir()
@@ -448,11 +449,3 @@ def _print_audit(r: Resolved, console) -> None:
                   f"ignored sources: {len(a.ignored_sources)}, synthesized: {len(a.synthesized)}; "
                   f"cameras {dict(zip([s for s in SLOTS if s not in r.empty_slots], r.camera_names))}, "
                   f"empty {list(r.empty_slots)}", markup=False, highlight=False)
-
-
-def load_provenance(out: Path) -> dict[str, Any]:
-    p = Path(out) / PROVENANCE_FILE
-    if not p.is_file():
-        raise PibridgeError(f"{out} has no {PROVENANCE_FILE}", "a directory written by `pibridge convert`",
-                            "convert the checkpoint with pibridge first")
-    return json.loads(p.read_text())

@@ -12,7 +12,6 @@ Two checks, both before any work:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import xxhash
 
 from pibridge.errors import PibridgeError
+from pibridge.provenance import PROVENANCE_FILE, load_provenance
 
-PROVENANCE_FILE = "pibridge.json"
 HASH = "xxh3_128"
 _READ = 16 << 20
 
@@ -128,9 +127,9 @@ def _recorded_files(out: Path) -> list[dict]:
         first = next((q.relative_to(out).as_posix() for q in _walk(out)), "?")
         raise _foreign(out, first, f"is in a directory pibridge did not write (no {PROVENANCE_FILE})")
     try:
-        files = json.loads(p.read_text())["files"]
+        files = load_provenance(out)["files"]
         assert all({"name", "size", HASH} <= set(f) for f in files)
-    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+    except (PibridgeError, KeyError, TypeError, AssertionError):
         raise PibridgeError(f"{p} has no list of the files pibridge wrote (an older pibridge, or edited)",
                             f"a {PROVENANCE_FILE} with a `files` list (name, size, {HASH})",
                             f"if {out} holds nothing you need, delete it yourself (rm -r {out}) and run again, "

@@ -250,7 +250,7 @@ def _print_norm_stats(c, entries: list[dict]) -> None:
 def describe_output(out: Path) -> dict:
     """An OUT written by `pibridge convert`: what its pibridge.json records, and which listed files are missing
     or have another size now (sizes only: metadata, no hashing)."""
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
 
     rec = load_provenance(out)
     files = rec.get("files") or []

@@ -13,8 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from pibridge.convert.guard import HASH, PROVENANCE_FILE, file_hash
+from pibridge.convert.guard import HASH, file_hash
 from pibridge.errors import PibridgeError
+from pibridge.provenance import PROVENANCE_FILE, load_provenance
 
 PREPROCESSOR = "policy_preprocessor.json"
 
@@ -38,7 +39,7 @@ def relocate(out: Path) -> str | None:
         return None
     steps[0]["config"]["tokenizer_name"] = str(tok)
     cfg.write_text(json.dumps(doc, indent=2) + "\n")
-    rec = json.loads((out / PROVENANCE_FILE).read_text())
+    rec = load_provenance(out)
     for f in rec.get("files", []):
         if f["name"] == PREPROCESSOR:
             f.update(size=cfg.stat().st_size, **{HASH: file_hash(cfg)})

@@ -94,7 +94,7 @@ def _check_inputs_readable(req: CaptureRequest) -> None:
         load_model_inputs(req.shared_inputs)
     out = req.lerobot if req.stack != "jax" else (Path(req.profile) if req.profile else None)
     if out is not None and (Path(out) / "pibridge.json").is_file():
-        from pibridge.convert.convert import load_provenance
+        from pibridge.provenance import load_provenance
 
         check_observation_fits(Path(req.obs), load_provenance(Path(out)), Path(out))
 
@@ -225,7 +225,7 @@ def resolve_profile(spec: str | None, synth: dict | None) -> Profile:
                             "pass the profile the policy was trained with, e.g. --profile pi05_droid")
     path = Path(spec)
     if path.is_dir() or path.name == "pibridge.json":
-        from pibridge.convert.convert import load_provenance
+        from pibridge.provenance import load_provenance
 
         return profile_from_dict(load_provenance(path if path.is_dir() else path.parent)["profile"])
     return load_profile(spec)

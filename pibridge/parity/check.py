@@ -109,7 +109,7 @@ def out_vision_layout(out: Path) -> bool | None:
 
 
 def _target(out: Path) -> dict:
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
 
     t = load_provenance(out).get("target") or {}
     missing = [k for k in ("lerobot_version", "transformers_version", "runtime_dtype") if k not in t]

@@ -124,7 +124,7 @@ def golden_inputs(spec: GoldenSpec, obs, ckpt: Path, tokenizer_path: Path):
     from pibridge.convert.profile import load_profile
     from pibridge.convert.reader import open_checkpoint
     from pibridge.parity.openpi_preprocess import observation_dict, preprocess_detailed
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     stats = open_checkpoint(ckpt).norm_stats(spec.asset_id)
     return preprocess_detailed(observation_dict(obs), load_profile(spec.profile), stats, load_tokenizer(tokenizer_path))
@@ -165,13 +165,3 @@ def trace_meta(spec: GoldenSpec, precision: str, *, synth, obs_fingerprint: str,
             "observation_fingerprint": obs_fingerprint, "synth": asdict(spec), "profile": spec.profile,
             "dropped_stages": list(DROPPED_STAGES), "versions": {"jax": jax.__version__, "flax": flax.__version__},
             "host": host_info()}
-
-
-def jax_golden_stages(params, variant, inputs, noise, precision: str):
-    """Run the JAX stack recording every stage; returns (actions, stages without DROPPED_STAGES)."""
-    from pibridge.parity.jax_stack import run_policy
-    from pibridge.parity.stages import StageRecorder
-
-    rec = StageRecorder()
-    actions = run_policy(params, variant, inputs, noise, precision=precision, num_steps=NUM_STEPS, record=rec)
-    return actions, [s for s in rec if s.name not in DROPPED_STAGES]

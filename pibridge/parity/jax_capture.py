@@ -26,7 +26,7 @@ def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     from pibridge.parity.jax_stack import get_policy, prepare_params, run_policy
     from pibridge.parity.openpi_preprocess import (observation_dict, postprocess_actions, preprocess_detailed,
                                                    unnormalize_actions)
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     from pibridge.parity.progress import Progress
 

@@ -40,7 +40,7 @@ def check_precision(prov: dict, precision: str, out: Path) -> None:
 
 
 def capture_lerobot_stack(req: CaptureRequest) -> tuple[list[Stage], dict]:
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
     from pibridge.parity import lerobot_tiny
     from pibridge.parity.lerobot_stack import capture_lerobot
     from pibridge.parity.observation import load_observation

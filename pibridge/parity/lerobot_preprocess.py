@@ -29,7 +29,8 @@ import numpy as np
 from pibridge.errors import PibridgeError
 from pibridge.parity.inputs import IMAGE_SIZE, IMAGE_SLOTS, ModelInputs
 from pibridge.parity.observation import Observation
-from pibridge.parity.tokenizer import PAD_ID, SentencePieceTokenizer
+from pibridge.provenance import load_provenance
+from pibridge.tokenizer import PAD_ID, SentencePieceTokenizer
 
 LEROBOT_EPS = 1e-8  # NormalizerProcessorStep.eps default (processor/normalize_processor.py)
 STATE_BINS = 256  # processor_pi05.py:68
@@ -191,7 +192,7 @@ def load_lerobot_files(out: Path) -> LeRobotFiles:
                             "a pi05 state-prompt or pi0 newline step and a tokenizer_processor step",
                             "convert the checkpoint with pibridge convert")
     config = _read_json(out / "config.json")
-    return LeRobotFiles(out, config, _read_json(out / "pibridge.json"),
+    return LeRobotFiles(out, config, load_provenance(out),
                         _normalizer(out, pre_json, "normalizer_processor"),
                         _normalizer(out, post_json, "unnormalizer_processor"), prompt_step,
                         int(tok["config"]["max_length"]), read_chain(out, pre_json, post_json, config))

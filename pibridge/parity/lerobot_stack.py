@@ -37,6 +37,7 @@ import numpy as np
 from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
 from pibridge.parity.stages import StageRecorder
+from pibridge.provenance import load_provenance
 
 MODEL_ACTION_DIM = 32
 OPENPI_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi models/model.py IMAGE_KEYS
@@ -359,7 +360,7 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
 
     out_dir = Path(out_dir)
     obs = observation if isinstance(observation, Observation) else load_observation(Path(observation))
-    prov = _provenance(out_dir)
+    prov = load_provenance(out_dir)
     cams, empty, slots = prov["camera_names"], prov["empty_slots"], list(obs.slots)
     torch.manual_seed(0)
     prog = Progress("lerobot", num_steps or 10)  # 10: LeRobot's default num_inference_steps
@@ -400,15 +401,6 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
     if trace_path is not None:
         write_trace(Path(trace_path), recorder, meta)
     return CaptureResult(actions, _np(unnorm), check, done, meta)
-
-
-def _provenance(out_dir: Path) -> dict:
-    """OUT/pibridge.json (read directly: the converter's modules and their dependencies are not needed here)."""
-    p = Path(out_dir) / "pibridge.json"
-    if not p.is_file():
-        raise PibridgeError(f"{out_dir} has no pibridge.json", "a directory written by `pibridge convert`",
-                            "convert the checkpoint with pibridge first")
-    return json.loads(p.read_text())
 
 
 def make_processors(policy, out_dir: Path):
@@ -487,7 +479,7 @@ def _load_only(out_dir: Path, result_json: Path | None) -> int:
     """`--load-only`: the real from_pretrained plus pibridge's load check; timings and key counts as JSON."""
     t0 = time.perf_counter()
     try:
-        policy, check = load_policy(out_dir, _provenance(out_dir)["model"])
+        policy, check = load_policy(out_dir, load_provenance(out_dir)["model"])
     except PibridgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

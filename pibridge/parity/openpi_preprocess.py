@@ -32,7 +32,7 @@ from pibridge.convert.profile import SLOTS, Profile
 from pibridge.errors import PibridgeError
 from pibridge.hostx import absolute_actions, aloha_actions_from_pi, aloha_state_to_pi, clean_prompt, inject_default_prompt
 from pibridge.parity.inputs import ModelInputs
-from pibridge.parity.tokenizer import PAD_ID, SentencePieceTokenizer
+from pibridge.tokenizer import PAD_ID, SentencePieceTokenizer
 
 IMAGE_SIZE = 224  # model.py:47 IMAGE_RESOLUTION; config.py:131 ResizeImages(224, 224)
 MODEL_ACTION_DIM = 32  # pi0_config.py:25 action_dim; PadStatesAndActions(model_config.action_dim)

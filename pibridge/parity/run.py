@@ -298,7 +298,7 @@ def preflight(req: RunRequest) -> str | None:
     given (norm-stats asset hash; params fingerprint where the checkpoint records one, i.e. `pibridge synth`),
     the observation vs OUT's profile. Returns OUT's params fingerprint when it must still be compared with the
     JAX capture's (a real checkpoint: its fingerprint needs every leaf read)."""
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
     from pibridge.convert.reader import open_checkpoint
 
     for flag, path in (("--html", req.html), ("--json", req.json)):
@@ -381,7 +381,7 @@ def run(req: RunRequest, console=None) -> RunResult:
     recorded_fp = preflight(req)
     torch_python = req.torch_python or sys.executable
     if req.torch_stack == "lerobot":  # before the JAX capture: its environment, and a precision it can honour
-        from pibridge.convert.convert import load_provenance
+        from pibridge.provenance import load_provenance
         from pibridge.parity.lerobot_capture import check_precision
 
         check_precision(load_provenance(req.lerobot), req.precision, req.lerobot)

@@ -50,7 +50,7 @@ def capture_torch(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     from pibridge.configs import load_variant
     from pibridge.parity import lerobot_preprocess as lp
     from pibridge.parity.runtime_fixes import apply_runtime_fixes
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
     from pibridge.parity.torch_stack.forward import sample_actions
     from pibridge.parity.torch_stack.model import load_policy
 

@@ -43,7 +43,7 @@ def venv_python(version: str) -> Path:
 
 
 def capture_transformers(req: CaptureRequest):
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
     from pibridge.parity.trace import read_trace
 
     if req.precision != "float32":

@@ -331,7 +331,7 @@ def capture_native(out_dir: Path, obs_path: Path, trace_path: Path, *, shared_in
     """Load OUT in the installed transformers' native model, run one observation, write the trace; -> meta."""
     import torch
 
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
     from pibridge.parity.capture import load_model_inputs, save_model_inputs
     from pibridge.parity.observation import load_observation
     from pibridge.parity.trace import write_trace
@@ -348,7 +348,7 @@ def capture_native(out_dir: Path, obs_path: Path, trace_path: Path, *, shared_in
         inputs, kind = load_model_inputs(Path(shared_inputs)), "shared"
     else:
         from pibridge.parity import lerobot_preprocess as lp
-        from pibridge.parity.tokenizer import load_tokenizer
+        from pibridge.tokenizer import load_tokenizer
 
         files = lp.load_lerobot_files(Path(out_dir))
         tok = tokenizer or lp.default_tokenizer_path(Path(out_dir))

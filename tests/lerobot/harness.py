@@ -71,13 +71,13 @@ def jax_trace(ckpt: Path, out: Path, obs, precision: str, trace: Path, *, npz: P
               asset: str = "droid"):
     """OpenPI preprocessing + the JAX stack; writes the trace (and the ModelInputs as .npz)."""
     from pibridge.configs import load_variant
-    from pibridge.convert.convert import load_provenance
+    from pibridge.provenance import load_provenance
     from pibridge.convert.profile import profile_from_dict
     from pibridge.convert.reader import open_checkpoint
     from pibridge.parity.jax_stack import run_policy
     from pibridge.parity.openpi_preprocess import observation_dict, preprocess
     from pibridge.parity.stages import StageRecorder
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
     from pibridge.parity.trace import write_trace
 
     prov = load_provenance(out)

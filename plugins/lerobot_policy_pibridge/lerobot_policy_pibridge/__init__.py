@@ -40,8 +40,10 @@ POLICIES = (("lerobot.policies.pi05.modeling_pi05", "PI05Policy"), ("lerobot.pol
 
 
 def _pibridge_dir(path) -> Path | None:
+    from pibridge.provenance import is_pibridge_out
+
     p = Path(str(path)) if path is not None else None
-    return p if p is not None and (p / "pibridge.json").is_file() else None
+    return p if p is not None and is_pibridge_out(p) else None
 
 
 def after_load(policy, out: Path):
