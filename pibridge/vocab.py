@@ -1,4 +1,5 @@
-"""The command line's vocabulary, named once: dtype spellings, the exit-code table, default targets.
+"""The vocabulary, named once: dtype spellings, the exit-code table, default targets, and what several modules
+spell (OpenPI's image slots, the model's padded action width, LeRobot's float32-kept selectors).
 
 dtype: `bfloat16` is canonical (its name in torch, JAX, ml_dtypes, LeRobot's config.json `dtype` and OpenPI's
 configs, so what a user types matches what the files say); `bf16` (and `fp32` / `float`) are accepted everywhere.
@@ -16,6 +17,18 @@ DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "f32": "float32", "flo
 PRECISION_TOKENS = {"float32": "float32", "bfloat16": "bf16"}  # canonical dtype -> parity precision policy
 
 DEFAULT_LEROBOT_VERSION = "0.6.1"
+
+# OpenPI's image slots, in model order (src/openpi/models/model.py:39-43 IMAGE_KEYS).
+OPENPI_SLOTS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+# The model's padded state / action width: OpenPI's action_dim (models/pi0_config.py:24-25; PadStatesAndActions),
+# LeRobot's max_state_dim / max_action_dim (PI0Config / PI05Config).
+MODEL_ACTION_DIM = 32
+# With config.dtype="bfloat16" LeRobot casts PaliGemmaWithExpertModel to bf16, then moves parameters whose name
+# (relative to that module) contains one of these back to fp32: lerobot 0.6.1 policies/pi05/modeling_pi05.py:244-265
+# (pi0/modeling_pi0.py:247-268; identical list in 0.5.1 and 0.6.0). The flow-matching heads live outside that module
+# and stay fp32. ("model.norm" also matches "language_model.norm".)
+KEEP_FP32_SELECTORS = ("vision_tower", "multi_modal_projector", "input_layernorm", "post_attention_layernorm",
+                       "model.norm")
 
 EXIT_CODES = (
     (0, "success; parity within every tolerance"),

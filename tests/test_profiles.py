@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from pibridge.convert.profile import (
-    PROFILE_DIR, SLOTS, CameraSlot, Profile, load_profile, parse_camera_map, parse_delta_mask, profile_from_dict,
+    PROFILE_DIR, CameraSlot, Profile, load_profile, parse_camera_map, parse_delta_mask, profile_from_dict,
     profile_names,
 )
 from pibridge.errors import PibridgeError
+from pibridge.vocab import OPENPI_SLOTS
 
 REQUIRED = ["pi0_base", "pi05_base", "pi0_droid", "pi05_droid", "pi0_libero", "pi05_libero", "pi0_aloha", "pi05_aloha"]
 OPENPI_SRC = Path(os.environ.get("PIBRIDGE_OPENPI_SRC", "/work/openpi-src"))
@@ -29,7 +30,7 @@ def test_required_profiles_exist_and_load():
     for name in names:
         p = load_profile(name)
         assert p.name == name and isinstance(p, Profile)
-        assert p.cameras is None or tuple(c.slot for c in p.cameras) == SLOTS
+        assert p.cameras is None or tuple(c.slot for c in p.cameras) == OPENPI_SLOTS
 
 
 def test_unknown_profile_lists_known_names():
@@ -162,7 +163,7 @@ def test_camera_map_overrides():
     full = base.with_overrides(cameras="base_0_rgb=top,left_wrist_0_rgb=wrist,right_wrist_0_rgb=empty")
     assert [c.empty for c in full.cameras] == [False, False, True] and full.overrides == ("cameras",)
     with pytest.raises(PibridgeError, match="every camera slot is empty"):
-        base.with_overrides(cameras={s: None for s in SLOTS})
+        base.with_overrides(cameras={s: None for s in OPENPI_SLOTS})
 
 
 def test_delta_mask_notation():

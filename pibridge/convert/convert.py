@@ -31,13 +31,14 @@ from pibridge.convert.lerobot_normstats import build_normalizer_states, write_no
 from pibridge.convert.lerobot_processors import HostSteps, build_processor_jsons
 from pibridge.convert.openpi_torch import OpenPITorchCheckpoint, is_openpi_torch_dir
 from pibridge.convert.plan import ConversionPlan, plan_conversion
-from pibridge.convert.profile import SLOTS, Profile, load_profile, parse_camera_map, profile_names
+from pibridge.convert.profile import Profile, load_profile, parse_camera_map, profile_names
 from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
 from pibridge.convert.relocate import relocate_command
 from pibridge.convert.weights import LeafReader, write_weights
 from pibridge.errors import PibridgeError
 from pibridge.hostx import EXCLUDE_TOKEN, action_names
 from pibridge.provenance import PROVENANCE_FILE
+from pibridge.vocab import OPENPI_SLOTS
 
 LEROBOT_NAME = re.compile(r"[A-Za-z0-9_\-]+")
 NORM_MODES = {"zscore": "MEAN_STD", "quantile": "QUANTILES"}
@@ -146,13 +147,13 @@ def _cameras(profile: Profile, camera_map: str | None, empty: tuple[str, ...]) -
             raise PibridgeError(f"slot(s) {', '.join(twice)} given twice in --camera-map", "each OpenPI slot at most once",
                                 "give one LeRobot camera name per slot")
         mapping = parse_camera_map(camera_map)
-    bad = sorted(set(mapping) - set(SLOTS)) + sorted(set(empty) - set(SLOTS))
+    bad = sorted(set(mapping) - set(OPENPI_SLOTS)) + sorted(set(empty) - set(OPENPI_SLOTS))
     if bad:
-        raise PibridgeError(f"unknown OpenPI image slot(s) {', '.join(bad)}", f"slots {', '.join(SLOTS)}",
+        raise PibridgeError(f"unknown OpenPI image slot(s) {', '.join(bad)}", f"slots {', '.join(OPENPI_SLOTS)}",
                             "name OpenPI slots on the left of '=' in --camera-map and in --empty-cameras")
     base = {c.slot: c for c in profile.cameras} if profile.cameras else {}
     names, empties, missing = [], [], []
-    for slot in SLOTS:
+    for slot in OPENPI_SLOTS:
         profile_empty = base[slot].empty if slot in base else None
         if slot in empty or (slot in mapping and mapping[slot] is None):
             empties.append(slot)
@@ -447,5 +448,5 @@ def _print_audit(r: Resolved, console) -> None:
     console.print(f"{r.detection.model} ({r.detection.variant.name}), {len(r.plan.tensors)} tensors, "
                   f"{r.plan.total_bytes() / 1e9:.2f} GB, transformers key layout {r.transformers_version}; "
                   f"ignored sources: {len(a.ignored_sources)}, synthesized: {len(a.synthesized)}; "
-                  f"cameras {dict(zip([s for s in SLOTS if s not in r.empty_slots], r.camera_names))}, "
+                  f"cameras {dict(zip([s for s in OPENPI_SLOTS if s not in r.empty_slots], r.camera_names))}, "
                   f"empty {list(r.empty_slots)}", markup=False, highlight=False)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pibridge.configs import CONFIG_DIR
 from pibridge.errors import PibridgeError
+from pibridge.vocab import MODEL_ACTION_DIM
 
 SCHEMA_DIR = CONFIG_DIR / "lerobot"
 LEROBOT_GEMMA_VARIANTS = ("gemma_300m", "gemma_2b")  # PI05Config.__post_init__ accepts only these
@@ -96,7 +97,7 @@ def build_config_json(lerobot_version: str, *, model: str, horizon: int, max_tok
                       action_dim: int, camera_names: Sequence[str], empty_cameras: int = 0,
                       runtime_dtype: str = "float32", n_action_steps: int | None = None,
                       paligemma_variant: str = "gemma_2b", action_expert_variant: str = "gemma_300m",
-                      model_action_dim: int = 32, normalization_mapping: Mapping[str, str] | None = None,
+                      model_action_dim: int = MODEL_ACTION_DIM, normalization_mapping: Mapping[str, str] | None = None,
                       image_shape: Sequence[int] = (3, 224, 224), extra: Mapping[str, Any] | None = None,
                       allow_unknown_variants: bool = False) -> dict[str, Any]:
     """config.json content for `PI05Policy` / `PI0Policy.from_pretrained` of `lerobot_version`.

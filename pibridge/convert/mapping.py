@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pibridge.errors import PibridgeError
+from pibridge.vocab import KEEP_FP32_SELECTORS
 
 BOTH = frozenset({"pi0", "pi05"})
 PI0 = frozenset({"pi0"})
@@ -187,13 +188,6 @@ def dest_key(row: Row, layer: int | None, vision: str) -> str:
 
 # --- destination dtype in LeRobot's runtime -----------------------------------------------------------
 
-# With config.dtype="bfloat16" LeRobot casts PaliGemmaWithExpertModel to bf16, then moves parameters whose
-# name (relative to that module) contains one of these back to fp32: lerobot 0.6.1
-# policies/pi05/modeling_pi05.py:244-265 (pi0/modeling_pi0.py:247-268; identical list in 0.5.1 and 0.6.0).
-# The flow-matching heads live outside that module and stay fp32. ("model.norm" also matches
-# "language_model.norm".)
-KEEP_FP32_SELECTORS = ("vision_tower", "multi_modal_projector", "input_layernorm", "post_attention_layernorm",
-                       "model.norm")
 _CAST_MODULE = "model.paligemma_with_expert."
 WEIGHT_DTYPES = ("float32", "bfloat16")
 

@@ -23,11 +23,10 @@ from typing import Any
 
 from pibridge.configs import CONFIG_DIR
 from pibridge.errors import PibridgeError
+from pibridge.vocab import OPENPI_SLOTS
 
 PROFILE_DIR = CONFIG_DIR / "profiles"
 
-# OpenPI's image slots, in model order (src/openpi/models/model.py:39-43 IMAGE_KEYS).
-SLOTS: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 MODELS = ("pi0", "pi05")
 NORMS = ("zscore", "quantile")
 EMPTY = "empty"
@@ -68,7 +67,7 @@ class Profile:
     discrete_state_input: bool  # pi05 format: discretised state inside the prompt
     state_dim: int | None  # native (before padding to 32)
     action_dim: int | None  # native: what the robot gets back after the output transform
-    cameras: tuple[CameraSlot, ...] | None  # one per SLOTS entry, in SLOTS order
+    cameras: tuple[CameraSlot, ...] | None  # one per OPENPI_SLOTS entry, in OPENPI_SLOTS order
     delta_action_mask: tuple[bool, ...] | None  # () = no delta actions; None = unknown
     norm: str  # "zscore" | "quantile"
     asset_id: str | None  # assets/<asset_id>/norm_stats.json (may be nested: a/b)
@@ -174,7 +173,7 @@ def parse_camera_map(text: str) -> dict[str, str | None]:
         slot, sep, cam = item.partition("=")
         if not sep or not slot.strip() or not cam.strip():
             raise PibridgeError(f"bad camera map entry {item!r}", expected="SLOT=CAMERA or SLOT=empty",
-                                fix=f"use slots {', '.join(SLOTS)}, e.g. base_0_rgb=top,right_wrist_0_rgb=empty")
+                                fix=f"use slots {', '.join(OPENPI_SLOTS)}, e.g. base_0_rgb=top,right_wrist_0_rgb=empty")
         out[slot.strip()] = None if cam.strip() == EMPTY else cam.strip()
     return out
 
@@ -205,17 +204,17 @@ def _override_cameras(prof: Profile, value: Any) -> tuple[CameraSlot, ...]:
     if isinstance(value, (tuple, list)) and all(isinstance(c, CameraSlot) for c in value):
         return tuple(value)
     mapping = parse_camera_map(value) if isinstance(value, str) else dict(value)
-    bad = sorted(set(mapping) - set(SLOTS))
+    bad = sorted(set(mapping) - set(OPENPI_SLOTS))
     if bad:
         raise PibridgeError(f"unknown image slot(s) {', '.join(bad)} in the camera map",
-                            expected=f"slots {', '.join(SLOTS)}", fix="name OpenPI slots on the left of '='")
-    if prof.cameras is None and set(mapping) != set(SLOTS):
-        missing = ", ".join(s for s in SLOTS if s not in mapping)
+                            expected=f"slots {', '.join(OPENPI_SLOTS)}", fix="name OpenPI slots on the left of '='")
+    if prof.cameras is None and set(mapping) != set(OPENPI_SLOTS):
+        missing = ", ".join(s for s in OPENPI_SLOTS if s not in mapping)
         raise PibridgeError(f"profile {prof.name!r} has no camera slots and the camera map leaves out {missing}",
-                            expected=f"every slot named: {', '.join(SLOTS)}",
+                            expected=f"every slot named: {', '.join(OPENPI_SLOTS)}",
                             fix="add SLOT=CAMERA or SLOT=empty for each slot to --camera-map")
     old = {c.slot: c for c in prof.cameras or ()}
-    return tuple(_camera(s, mapping[s]) if s in mapping else old[s] for s in SLOTS)
+    return tuple(_camera(s, mapping[s]) if s in mapping else old[s] for s in OPENPI_SLOTS)
 
 
 def _validate(p: Profile) -> None:
@@ -232,8 +231,8 @@ def _validate(p: Profile) -> None:
         v = getattr(p, name)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
             problems.append(f"{name} must be a positive integer, got {v!r}")
-    if p.cameras is not None and tuple(c.slot for c in p.cameras) != SLOTS:
-        problems.append(f"cameras must list the slots {SLOTS} in order")
+    if p.cameras is not None and tuple(c.slot for c in p.cameras) != OPENPI_SLOTS:
+        problems.append(f"cameras must list the slots {OPENPI_SLOTS} in order")
     if p.cameras is not None and all(c.empty for c in p.cameras):
         problems.append("every camera slot is empty")
     if p.delta_action_mask and p.action_dim is not None and len(p.delta_action_mask) > p.action_dim:

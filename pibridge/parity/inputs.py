@@ -1,6 +1,6 @@
 """What a parity stack's model consumes, after preprocessing (numpy only; shared by every stack).
 
-Axis legend: B batch, C cameras in OpenPI slot order (IMAGE_SLOTS), L prompt tokens.
+Axis legend: B batch, C cameras in OpenPI slot order (OPENPI_SLOTS), L prompt tokens.
 Layout follows OpenPI's Observation (openpi src/openpi/models/model.py:82-101 at commit 15a9616):
 images float32 in [-1, 1] (model.py:115-118), one bool mask per camera, state normalized and zero-padded
 to the action dim (transforms.py:328-337), tokens padded with id 0 and mask False (tokenizer.py:14-48).
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pibridge.errors import PibridgeError
+from pibridge.vocab import OPENPI_SLOTS
 
-IMAGE_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi model.py IMAGE_KEYS
 IMAGE_SIZE = 224
 
 

@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from pibridge.errors import PibridgeError
-from pibridge.parity.inputs import IMAGE_SIZE, IMAGE_SLOTS, ModelInputs
+from pibridge.parity.inputs import IMAGE_SIZE, ModelInputs
 from pibridge.parity.observation import Observation
 from pibridge.provenance import load_provenance
 from pibridge.tokenizer import PAD_ID, SentencePieceTokenizer
+from pibridge.vocab import MODEL_ACTION_DIM, OPENPI_SLOTS
 
 LEROBOT_EPS = 1e-8  # NormalizerProcessorStep.eps default (processor/normalize_processor.py)
 STATE_BINS = 256  # processor_pi05.py:68
-MAX_STATE_DIM = 32  # PI05Config / PI0Config max_state_dim: pad_vector(state, 32)
 STATE_KEY, ACTION_KEY = "observation.state", "action"
 
 
@@ -262,7 +262,7 @@ def tokenize(texts: list[str], tokenizer: SentencePieceTokenizer, max_length: in
     return tokens, mask
 
 
-def pad_vector(x: np.ndarray, dim: int = MAX_STATE_DIM) -> np.ndarray:
+def pad_vector(x: np.ndarray, dim: int = MODEL_ACTION_DIM) -> np.ndarray:  # PI05Config / PI0Config max_state_dim
     """LeRobot's pad_vector: zero-pad the last axis to dim."""
     return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, max(0, dim - x.shape[-1]))])
 
@@ -342,6 +342,6 @@ def default_tokenizer_path(out: Path) -> Path | None:
     return p if p.is_file() else None
 
 
-__all__ = ["IMAGE_SLOTS", "LeRobotFiles", "LeRobotPreprocessed", "Normalizer", "default_tokenizer_path",
+__all__ = ["LeRobotFiles", "LeRobotPreprocessed", "Normalizer", "default_tokenizer_path",
            "discretize_state", "load_lerobot_files", "pi05_prompt", "pi0_prompt", "preprocess", "preprocess_image",
            "resize_with_pad_lerobot", "robot_actions", "tokenize", "unnormalize_actions"]

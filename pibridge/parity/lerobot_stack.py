@@ -38,9 +38,8 @@ from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
 from pibridge.parity.stages import StageRecorder
 from pibridge.provenance import load_provenance
+from pibridge.vocab import MODEL_ACTION_DIM, OPENPI_SLOTS
 
-MODEL_ACTION_DIM = 32
-OPENPI_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi models/model.py IMAGE_KEYS
 
 
 @dataclass(frozen=True)

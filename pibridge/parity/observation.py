@@ -18,11 +18,10 @@ import numpy as np
 
 from pibridge.errors import PibridgeError
 from pibridge.parity.tensorfile import load_tensors, save_tensors
+from pibridge.vocab import MODEL_ACTION_DIM, OPENPI_SLOTS
 
 OBS_FORMAT = 1
 OBS_KEY = "pibridge_observation"
-OPENPI_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi src/openpi/models/model.py IMAGE_KEYS
-ACTION_DIM = 32  # model action width (pi0_config.py:24)
 IMAGE_SIDE = 224  # every camera is resized with padding to 224x224 (openpi models/model.py:47 IMAGE_RESOLUTION)
 
 
@@ -77,8 +76,8 @@ def validate(obs: Observation) -> None:
                             f"{IMAGE_SIDE}x{IMAGE_SIDE} turns into an empty image (OpenPI's resize fails on it too)")
     if obs.image_mask.shape != (B, len(obs.images)):
         problems.append(f"image_mask shape {obs.image_mask.shape}, expected ({B}, {len(obs.images)})")
-    if obs.noise.ndim != 3 or obs.noise.shape[0] != B or obs.noise.shape[2] != ACTION_DIM:
-        problems.append(f"noise shape {obs.noise.shape}, expected ({B}, horizon, {ACTION_DIM})")
+    if obs.noise.ndim != 3 or obs.noise.shape[0] != B or obs.noise.shape[2] != MODEL_ACTION_DIM:
+        problems.append(f"noise shape {obs.noise.shape}, expected ({B}, horizon, {MODEL_ACTION_DIM})")
     if len(obs.prompts) != B:
         problems.append(f"{len(obs.prompts)} prompts for batch {B}")
     if obs.tokens is not None and (obs.token_mask is None or obs.tokens.shape != obs.token_mask.shape
@@ -158,7 +157,7 @@ def synthetic_observation(*, batch: int, horizon: int, state_dim: int, prompts: 
         images[slot] = np.stack(frames)
     rng = np.random.default_rng(seed)
     state = rng.uniform(-1.5, 1.5, (batch, state_dim)).astype(np.float32)
-    noise = rng.standard_normal((batch, horizon, ACTION_DIM)).astype(np.float32)
+    noise = rng.standard_normal((batch, horizon, MODEL_ACTION_DIM)).astype(np.float32)
     default = ["pick up the red block and put it in the bin", "fold_the towel\n"]
     prompts = prompts or [default[b % 2] for b in range(batch)]
     return Observation(images, mask, state, tuple(prompts), noise, seed)

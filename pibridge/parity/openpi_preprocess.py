@@ -28,14 +28,14 @@ from PIL import Image
 
 from pibridge.convert import normstats
 from pibridge.convert.normstats import NormStats
-from pibridge.convert.profile import SLOTS, Profile
+from pibridge.convert.profile import Profile
 from pibridge.errors import PibridgeError
 from pibridge.hostx import absolute_actions, aloha_actions_from_pi, aloha_state_to_pi, clean_prompt, inject_default_prompt
 from pibridge.parity.inputs import ModelInputs
 from pibridge.tokenizer import PAD_ID, SentencePieceTokenizer
+from pibridge.vocab import MODEL_ACTION_DIM, OPENPI_SLOTS
 
 IMAGE_SIZE = 224  # model.py:47 IMAGE_RESOLUTION; config.py:131 ResizeImages(224, 224)
-MODEL_ACTION_DIM = 32  # pi0_config.py:25 action_dim; PadStatesAndActions(model_config.action_dim)
 STATE_BINS = 256  # models/tokenizer.py:26
 _EPS = 1e-6  # transforms.py:139, :145, :173, :180-181
 
@@ -182,7 +182,7 @@ def pad_tokens(ids: Sequence[int], max_len: int) -> tuple[np.ndarray, np.ndarray
 class Preprocessed:
     """preprocess_detailed's result: the model inputs and what produced them."""
 
-    inputs: ModelInputs  # what OpenPI's model receives (Observation fields), batched, in SLOTS order
+    inputs: ModelInputs  # what OpenPI's model receives (Observation fields), batched, in OPENPI_SLOTS order
     images_uint8: np.ndarray  # (B, N, 224, 224, 3) uint8: resized, before the [-1, 1] mapping
     prompt_texts: tuple[str, ...]  # the text each sample's tokens encode (empty when token ids were given)
     truncated: tuple[bool, ...]  # per sample: the prompt had more than max_token_len tokens
@@ -233,11 +233,11 @@ def _batched_state(obs: Mapping[str, Any], profile: Profile) -> np.ndarray:
 
 
 def _images(obs: Mapping[str, Any], profile: Profile, b: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> images (B, N, 224, 224, 3) uint8 and image_mask (B, N) bool, in SLOTS order."""
+    """-> images (B, N, 224, 224, 3) uint8 and image_mask (B, N) bool, in OPENPI_SLOTS order."""
     given, masks = obs.get("images") or {}, obs.get("image_mask") or {}
-    unknown = sorted(set(given) - set(SLOTS)) + sorted(set(masks) - set(SLOTS))
+    unknown = sorted(set(given) - set(OPENPI_SLOTS)) + sorted(set(masks) - set(OPENPI_SLOTS))
     if unknown:
-        raise PibridgeError(f"unknown image slot(s) {', '.join(unknown)}", expected=f"slots {', '.join(SLOTS)}",
+        raise PibridgeError(f"unknown image slot(s) {', '.join(unknown)}", expected=f"slots {', '.join(OPENPI_SLOTS)}",
                             fix="key observation images by OpenPI slot (map cameras with --camera-map)")
     cams, out, out_mask = profile.require("cameras"), [], []
     for cam in cams:
@@ -304,10 +304,10 @@ def _given_token_ids(obs: Mapping[str, Any]) -> list | None:
 
 def observation_dict(obs: Any) -> dict[str, Any]:
     """pibridge.parity.observation.Observation (attributes images, image_mask (B, ncam), state, prompts, tokens,
-    token_mask) -> the dict preprocess takes. Mask columns follow the observation's slots, or all SLOTS."""
+    token_mask) -> the dict preprocess takes. Mask columns follow the observation's slots, or all OPENPI_SLOTS."""
     slots = tuple(obs.images)
     mask = np.asarray(obs.image_mask, bool)
-    cols = slots if mask.shape[1] == len(slots) else SLOTS
+    cols = slots if mask.shape[1] == len(slots) else OPENPI_SLOTS
     out = {"state": obs.state, "images": dict(obs.images), "prompt": list(obs.prompts),
            "image_mask": {s: mask[:, i] for i, s in enumerate(cols)}}
     if getattr(obs, "tokens", None) is not None:
