@@ -18,7 +18,7 @@ import numpy as np
 
 from pibridge.configs import GemmaSize, SiglipSize, Variant, load_variant, variant_names
 from pibridge.convert.lora import LoraTree, split_lora
-from pibridge.convert.mapping import model_only_sources
+from pibridge.convert.mapping import STACKED_ROOTS, model_only_sources
 from pibridge.convert.tree import openpi_tree_shapes
 from pibridge.errors import PibridgeError
 
@@ -26,16 +26,13 @@ Path = tuple[str, ...]
 Shape = tuple[int, ...]
 SourceKey = tuple[Path, "int | None"]  # (leaf path, layer index or None)
 
-STACKED = {("PaliGemma", "llm", "layers"): "L", ("PaliGemma", "img", "Transformer", "encoderblock"): "V"}
-
-
 def shapes_of(leaves: Mapping) -> dict[Path, Shape]:
     """{path: shape} from {path: shape} or from a reader's {path: LeafInfo} (anything with `.shape`)."""
     return {p: tuple(getattr(v, "shape", v)) for p, v in leaves.items()}
 
 
 def stack_axis(path: Path) -> str | None:
-    for prefix, axis in STACKED.items():
+    for prefix, axis in STACKED_ROOTS.items():
         if path[: len(prefix)] == prefix:
             return axis
     return None

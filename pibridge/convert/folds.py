@@ -14,10 +14,9 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from pibridge.convert.mapping import RMS_NORM_ROLES
+
 FOLD_ID = "openpi-bf16-params"
-# Gemma RMSNorm scales, applied as (1 + w) on both sides (roles of pibridge.convert.mapping)
-RMS_NORM_ROLES = frozenset({"llm.norm.attn", "llm.norm.mlp", "llm.final_norm",
-                            "expert.norm.attn", "expert.norm.mlp", "expert.final_norm"})
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 

@@ -57,36 +57,70 @@ class Row:
     part: int | None
     dest: str
     transform: str
+    shape: tuple[str, ...]  # the SOURCE leaf's shape in axis symbols (AXES), or the synthesized tensor's
 
 
-def _row(role, models, source, stack, part, dest, transform) -> Row:
+def _row(role, models, source, stack, part, dest, transform, shape: str) -> Row:
     src = tuple(source.split("/")) if source else None
-    return Row(role, models, src, stack, part, dest, transform)
+    return Row(role, models, src, stack, part, dest, transform, tuple(shape.split(",")))
+
+
+# Axis symbols of the shapes above (openpi gemma.py:159-381, siglip.py:75-288, pi0.py:66-103 at 15a9616):
+# L layers, N heads, K kv heads, D width, H head_dim, F mlp dim of PaliGemma's Gemma; the same with a trailing "e" for
+# the action expert; V layers, Dv width, Nv heads, Hv head_dim, Fv mlp dim, P patch, T patches of SigLIP; A the model's
+# action width; vocab. "3*De" multiplies; digits are literal.
+def axis_sizes(variant) -> dict[str, int]:
+    g, e, v = variant.paligemma, variant.action_expert, variant.siglip
+    sizes = {"A": variant.action_dim, "vocab": variant.vocab_size, "V": v.depth, "Dv": v.width, "Nv": v.num_heads,
+             "Hv": v.head_dim, "Fv": v.mlp_dim, "P": v.patch_size, "T": v.num_patches}
+    for tag, c in (("", g), ("e", e)):
+        sizes.update({"L" + tag: c.depth, "N" + tag: c.num_heads, "K" + tag: c.num_kv_heads, "D" + tag: c.width,
+                      "H" + tag: c.head_dim, "F" + tag: c.mlp_dim})
+    return sizes
+
+
+def row_shape(row: Row, sizes: dict[str, int]) -> tuple[int, ...]:
+    """A row's symbolic shape in one variant's sizes (axis_sizes)."""
+    def one(sym: str) -> int:
+        factor, _, name = sym.rpartition("*")
+        n = int(name) if name.isdigit() else sizes[name]
+        return int(factor) * n if factor else n
+    return tuple(one(sym) for sym in row.shape)
 
 
 def _gemma_rows(tag: str, suffix: str, dest: str) -> list[Row]:
     """Attention + MLP rows of one Gemma expert (suffix "" for PaliGemma, "_1" for the action expert)."""
     lay, attn, mlp = _LLM + "layers/", _LLM + "layers/attn/", _LLM + f"layers/mlp{suffix}/"
     d = dest + "layers.{l}."
+    e = "e" if suffix else ""  # axis symbols of this expert
+    L, N, K, D, H, F = (x + e for x in "LNKDHF")
     return [
-        _row(f"{tag}.attn.q", BOTH, attn + f"q_einsum{suffix}/w", "L", None, d + "self_attn.q_proj.weight", "ndh_to_rows"),
-        _row(f"{tag}.attn.k", BOTH, attn + f"kv_einsum{suffix}/w", "L", 0, d + "self_attn.k_proj.weight", "ndh_to_rows"),
-        _row(f"{tag}.attn.v", BOTH, attn + f"kv_einsum{suffix}/w", "L", 1, d + "self_attn.v_proj.weight", "ndh_to_rows"),
-        _row(f"{tag}.attn.o", BOTH, attn + f"attn_vec_einsum{suffix}/w", "L", None, d + "self_attn.o_proj.weight", "nhd_to_cols"),
-        _row(f"{tag}.mlp.gate", BOTH, mlp + "gating_einsum", "L", 0, d + "mlp.gate_proj.weight", "transpose"),
-        _row(f"{tag}.mlp.up", BOTH, mlp + "gating_einsum", "L", 1, d + "mlp.up_proj.weight", "transpose"),
-        _row(f"{tag}.mlp.down", BOTH, mlp + "linear", "L", None, d + "mlp.down_proj.weight", "transpose"),
+        _row(f"{tag}.attn.q", BOTH, attn + f"q_einsum{suffix}/w", "L", None, d + "self_attn.q_proj.weight", "ndh_to_rows", f"{L},{N},{D},{H}"),
+        _row(f"{tag}.attn.k", BOTH, attn + f"kv_einsum{suffix}/w", "L", 0, d + "self_attn.k_proj.weight", "ndh_to_rows", f"{L},2,{K},{D},{H}"),
+        _row(f"{tag}.attn.v", BOTH, attn + f"kv_einsum{suffix}/w", "L", 1, d + "self_attn.v_proj.weight", "ndh_to_rows", f"{L},2,{K},{D},{H}"),
+        _row(f"{tag}.attn.o", BOTH, attn + f"attn_vec_einsum{suffix}/w", "L", None, d + "self_attn.o_proj.weight", "nhd_to_cols", f"{L},{N},{H},{D}"),
+        _row(f"{tag}.mlp.gate", BOTH, mlp + "gating_einsum", "L", 0, d + "mlp.gate_proj.weight", "transpose", f"{L},2,{D},{F}"),
+        _row(f"{tag}.mlp.up", BOTH, mlp + "gating_einsum", "L", 1, d + "mlp.up_proj.weight", "transpose", f"{L},2,{D},{F}"),
+        _row(f"{tag}.mlp.down", BOTH, mlp + "linear", "L", None, d + "mlp.down_proj.weight", "transpose", f"{L},{F},{D}"),
     ] + ([] if suffix else [
-        _row("llm.norm.attn", BOTH, lay + "pre_attention_norm/scale", "L", None, d + "input_layernorm.weight", "copy"),
-        _row("llm.norm.mlp", BOTH, lay + "pre_ffw_norm/scale", "L", None, d + "post_attention_layernorm.weight", "copy"),
+        _row("llm.norm.attn", BOTH, lay + "pre_attention_norm/scale", "L", None, d + "input_layernorm.weight", "copy", "L,D"),
+        _row("llm.norm.mlp", BOTH, lay + "pre_ffw_norm/scale", "L", None, d + "post_attention_layernorm.weight", "copy", "L,D"),
     ])
+
+
+# The flow-matching heads' (in, out) widths (nnx.Linear kernel is (in, out); openpi pi0.py:92-100).
+_HEAD_SIZES = {"action_in_proj": ("A", "De"), "action_out_proj": ("De", "A"), "time_mlp_in": ("De", "De"),
+               "time_mlp_out": ("De", "De"), "state_proj": ("A", "De"), "action_time_mlp_in": ("2*De", "De"),
+               "action_time_mlp_out": ("De", "De")}
 
 
 def _heads(models: frozenset[str], names: tuple[str, ...]) -> list[Row]:
     rows = []
     for name in names:
-        rows.append(_row(f"head.{name}.weight", models, f"{name}/kernel", None, None, f"model.{name}.weight", "transpose"))
-        rows.append(_row(f"head.{name}.bias", models, f"{name}/bias", None, None, f"model.{name}.bias", "copy"))
+        n_in, n_out = _HEAD_SIZES[name]
+        rows.append(_row(f"head.{name}.weight", models, f"{name}/kernel", None, None, f"model.{name}.weight", "transpose",
+                         f"{n_in},{n_out}"))
+        rows.append(_row(f"head.{name}.bias", models, f"{name}/bias", None, None, f"model.{name}.bias", "copy", n_out))
     return rows
 
 
@@ -96,48 +130,48 @@ _ADA = "layers/{0}_1/Dense_0/"
 ROWS: tuple[Row, ...] = tuple(
     [
         # SigLIP (openpi siglip.py; big_vision names) -> transformers SiglipVisionModel
-        _row("vit.patch.kernel", BOTH, _IMG + "embedding/kernel", None, None, _VT + "embeddings.patch_embedding.weight", "conv_hwio_to_oihw"),
-        _row("vit.patch.bias", BOTH, _IMG + "embedding/bias", None, None, _VT + "embeddings.patch_embedding.bias", "copy"),
-        _row("vit.pos_embedding", BOTH, _IMG + "pos_embedding", None, None, _VT + "embeddings.position_embedding.weight", "drop_lead_axis"),
-        _row("vit.ln_attn.scale", BOTH, _BLK + "LayerNorm_0/scale", "V", None, _ENC + "layer_norm1.weight", "copy"),
-        _row("vit.ln_attn.bias", BOTH, _BLK + "LayerNorm_0/bias", "V", None, _ENC + "layer_norm1.bias", "copy"),
-        _row("vit.ln_mlp.scale", BOTH, _BLK + "LayerNorm_1/scale", "V", None, _ENC + "layer_norm2.weight", "copy"),
-        _row("vit.ln_mlp.bias", BOTH, _BLK + "LayerNorm_1/bias", "V", None, _ENC + "layer_norm2.bias", "copy"),
-        _row("vit.attn.q.kernel", BOTH, _MHA + "query/kernel", "V", None, _ENC + "self_attn.q_proj.weight", "dnh_to_rows"),
-        _row("vit.attn.q.bias", BOTH, _MHA + "query/bias", "V", None, _ENC + "self_attn.q_proj.bias", "nh_flatten"),
-        _row("vit.attn.k.kernel", BOTH, _MHA + "key/kernel", "V", None, _ENC + "self_attn.k_proj.weight", "dnh_to_rows"),
-        _row("vit.attn.k.bias", BOTH, _MHA + "key/bias", "V", None, _ENC + "self_attn.k_proj.bias", "nh_flatten"),
-        _row("vit.attn.v.kernel", BOTH, _MHA + "value/kernel", "V", None, _ENC + "self_attn.v_proj.weight", "dnh_to_rows"),
-        _row("vit.attn.v.bias", BOTH, _MHA + "value/bias", "V", None, _ENC + "self_attn.v_proj.bias", "nh_flatten"),
-        _row("vit.attn.o.kernel", BOTH, _MHA + "out/kernel", "V", None, _ENC + "self_attn.out_proj.weight", "nhd_to_cols"),
-        _row("vit.attn.o.bias", BOTH, _MHA + "out/bias", "V", None, _ENC + "self_attn.out_proj.bias", "copy"),
-        _row("vit.mlp.fc1.kernel", BOTH, _BLK + "MlpBlock_0/Dense_0/kernel", "V", None, _ENC + "mlp.fc1.weight", "transpose"),
-        _row("vit.mlp.fc1.bias", BOTH, _BLK + "MlpBlock_0/Dense_0/bias", "V", None, _ENC + "mlp.fc1.bias", "copy"),
-        _row("vit.mlp.fc2.kernel", BOTH, _BLK + "MlpBlock_0/Dense_1/kernel", "V", None, _ENC + "mlp.fc2.weight", "transpose"),
-        _row("vit.mlp.fc2.bias", BOTH, _BLK + "MlpBlock_0/Dense_1/bias", "V", None, _ENC + "mlp.fc2.bias", "copy"),
-        _row("vit.final_ln.scale", BOTH, _IMG + "Transformer/encoder_norm/scale", None, None, _VT + "post_layernorm.weight", "copy"),
-        _row("vit.final_ln.bias", BOTH, _IMG + "Transformer/encoder_norm/bias", None, None, _VT + "post_layernorm.bias", "copy"),
-        _row("projector.kernel", BOTH, _IMG + "head/kernel", None, None, _PG + "model.multi_modal_projector.linear.weight", "transpose"),
-        _row("projector.bias", BOTH, _IMG + "head/bias", None, None, _PG + "model.multi_modal_projector.linear.bias", "copy"),
+        _row("vit.patch.kernel", BOTH, _IMG + "embedding/kernel", None, None, _VT + "embeddings.patch_embedding.weight", "conv_hwio_to_oihw", "P,P,3,Dv"),
+        _row("vit.patch.bias", BOTH, _IMG + "embedding/bias", None, None, _VT + "embeddings.patch_embedding.bias", "copy", "Dv"),
+        _row("vit.pos_embedding", BOTH, _IMG + "pos_embedding", None, None, _VT + "embeddings.position_embedding.weight", "drop_lead_axis", "1,T,Dv"),
+        _row("vit.ln_attn.scale", BOTH, _BLK + "LayerNorm_0/scale", "V", None, _ENC + "layer_norm1.weight", "copy", "V,Dv"),
+        _row("vit.ln_attn.bias", BOTH, _BLK + "LayerNorm_0/bias", "V", None, _ENC + "layer_norm1.bias", "copy", "V,Dv"),
+        _row("vit.ln_mlp.scale", BOTH, _BLK + "LayerNorm_1/scale", "V", None, _ENC + "layer_norm2.weight", "copy", "V,Dv"),
+        _row("vit.ln_mlp.bias", BOTH, _BLK + "LayerNorm_1/bias", "V", None, _ENC + "layer_norm2.bias", "copy", "V,Dv"),
+        _row("vit.attn.q.kernel", BOTH, _MHA + "query/kernel", "V", None, _ENC + "self_attn.q_proj.weight", "dnh_to_rows", "V,Dv,Nv,Hv"),
+        _row("vit.attn.q.bias", BOTH, _MHA + "query/bias", "V", None, _ENC + "self_attn.q_proj.bias", "nh_flatten", "V,Nv,Hv"),
+        _row("vit.attn.k.kernel", BOTH, _MHA + "key/kernel", "V", None, _ENC + "self_attn.k_proj.weight", "dnh_to_rows", "V,Dv,Nv,Hv"),
+        _row("vit.attn.k.bias", BOTH, _MHA + "key/bias", "V", None, _ENC + "self_attn.k_proj.bias", "nh_flatten", "V,Nv,Hv"),
+        _row("vit.attn.v.kernel", BOTH, _MHA + "value/kernel", "V", None, _ENC + "self_attn.v_proj.weight", "dnh_to_rows", "V,Dv,Nv,Hv"),
+        _row("vit.attn.v.bias", BOTH, _MHA + "value/bias", "V", None, _ENC + "self_attn.v_proj.bias", "nh_flatten", "V,Nv,Hv"),
+        _row("vit.attn.o.kernel", BOTH, _MHA + "out/kernel", "V", None, _ENC + "self_attn.out_proj.weight", "nhd_to_cols", "V,Nv,Hv,Dv"),
+        _row("vit.attn.o.bias", BOTH, _MHA + "out/bias", "V", None, _ENC + "self_attn.out_proj.bias", "copy", "V,Dv"),
+        _row("vit.mlp.fc1.kernel", BOTH, _BLK + "MlpBlock_0/Dense_0/kernel", "V", None, _ENC + "mlp.fc1.weight", "transpose", "V,Dv,Fv"),
+        _row("vit.mlp.fc1.bias", BOTH, _BLK + "MlpBlock_0/Dense_0/bias", "V", None, _ENC + "mlp.fc1.bias", "copy", "V,Fv"),
+        _row("vit.mlp.fc2.kernel", BOTH, _BLK + "MlpBlock_0/Dense_1/kernel", "V", None, _ENC + "mlp.fc2.weight", "transpose", "V,Fv,Dv"),
+        _row("vit.mlp.fc2.bias", BOTH, _BLK + "MlpBlock_0/Dense_1/bias", "V", None, _ENC + "mlp.fc2.bias", "copy", "V,Dv"),
+        _row("vit.final_ln.scale", BOTH, _IMG + "Transformer/encoder_norm/scale", None, None, _VT + "post_layernorm.weight", "copy", "Dv"),
+        _row("vit.final_ln.bias", BOTH, _IMG + "Transformer/encoder_norm/bias", None, None, _VT + "post_layernorm.bias", "copy", "Dv"),
+        _row("projector.kernel", BOTH, _IMG + "head/kernel", None, None, _PG + "model.multi_modal_projector.linear.weight", "transpose", "Dv,D"),
+        _row("projector.bias", BOTH, _IMG + "head/bias", None, None, _PG + "model.multi_modal_projector.linear.bias", "copy", "D"),
         # PaliGemma Gemma (expert 0)
-        _row("llm.embed", BOTH, _LLM + "embedder/input_embedding", None, None, _LM + "embed_tokens.weight", "copy"),
-        _row("llm.lm_head", BOTH, _LLM + "embedder/input_embedding", None, None, _PG + "lm_head.weight", "copy"),
+        _row("llm.embed", BOTH, _LLM + "embedder/input_embedding", None, None, _LM + "embed_tokens.weight", "copy", "vocab,D"),
+        _row("llm.lm_head", BOTH, _LLM + "embedder/input_embedding", None, None, _PG + "lm_head.weight", "copy", "vocab,D"),
     ]
     + _gemma_rows("llm", "", _LM)
-    + [_row("llm.final_norm", BOTH, _LLM + "final_norm/scale", None, None, _LM + "norm.weight", "copy")]
+    + [_row("llm.final_norm", BOTH, _LLM + "final_norm/scale", None, None, _LM + "norm.weight", "copy", "D")]
     # action expert (expert 1, suffix _1)
     + _gemma_rows("expert", "_1", _EX + "model.")
     + [
-        _row("expert.norm.attn", PI0, _LLM + "layers/pre_attention_norm_1/scale", "L", None, _EXL + "input_layernorm.weight", "copy"),
-        _row("expert.norm.mlp", PI0, _LLM + "layers/pre_ffw_norm_1/scale", "L", None, _EXL + "post_attention_layernorm.weight", "copy"),
-        _row("expert.final_norm", PI0, _LLM + "final_norm_1/scale", None, None, _EX + "model.norm.weight", "copy"),
-        _row("expert.adanorm.attn.kernel", PI05, _LLM + _ADA.format("pre_attention_norm") + "kernel", "L", None, _EXL + "input_layernorm.dense.weight", "transpose"),
-        _row("expert.adanorm.attn.bias", PI05, _LLM + _ADA.format("pre_attention_norm") + "bias", "L", None, _EXL + "input_layernorm.dense.bias", "copy"),
-        _row("expert.adanorm.mlp.kernel", PI05, _LLM + _ADA.format("pre_ffw_norm") + "kernel", "L", None, _EXL + "post_attention_layernorm.dense.weight", "transpose"),
-        _row("expert.adanorm.mlp.bias", PI05, _LLM + _ADA.format("pre_ffw_norm") + "bias", "L", None, _EXL + "post_attention_layernorm.dense.bias", "copy"),
-        _row("expert.final_adanorm.kernel", PI05, _LLM + "final_norm_1/Dense_0/kernel", None, None, _EX + "model.norm.dense.weight", "transpose"),
-        _row("expert.final_adanorm.bias", PI05, _LLM + "final_norm_1/Dense_0/bias", None, None, _EX + "model.norm.dense.bias", "copy"),
-        _row("expert.lm_head", BOTH, None, None, None, _EX + "lm_head.weight", "zeros"),
+        _row("expert.norm.attn", PI0, _LLM + "layers/pre_attention_norm_1/scale", "L", None, _EXL + "input_layernorm.weight", "copy", "Le,De"),
+        _row("expert.norm.mlp", PI0, _LLM + "layers/pre_ffw_norm_1/scale", "L", None, _EXL + "post_attention_layernorm.weight", "copy", "Le,De"),
+        _row("expert.final_norm", PI0, _LLM + "final_norm_1/scale", None, None, _EX + "model.norm.weight", "copy", "De"),
+        _row("expert.adanorm.attn.kernel", PI05, _LLM + _ADA.format("pre_attention_norm") + "kernel", "L", None, _EXL + "input_layernorm.dense.weight", "transpose", "Le,De,3*De"),
+        _row("expert.adanorm.attn.bias", PI05, _LLM + _ADA.format("pre_attention_norm") + "bias", "L", None, _EXL + "input_layernorm.dense.bias", "copy", "Le,3*De"),
+        _row("expert.adanorm.mlp.kernel", PI05, _LLM + _ADA.format("pre_ffw_norm") + "kernel", "L", None, _EXL + "post_attention_layernorm.dense.weight", "transpose", "Le,De,3*De"),
+        _row("expert.adanorm.mlp.bias", PI05, _LLM + _ADA.format("pre_ffw_norm") + "bias", "L", None, _EXL + "post_attention_layernorm.dense.bias", "copy", "Le,3*De"),
+        _row("expert.final_adanorm.kernel", PI05, _LLM + "final_norm_1/Dense_0/kernel", None, None, _EX + "model.norm.dense.weight", "transpose", "De,3*De"),
+        _row("expert.final_adanorm.bias", PI05, _LLM + "final_norm_1/Dense_0/bias", None, None, _EX + "model.norm.dense.bias", "copy", "3*De"),
+        _row("expert.lm_head", BOTH, None, None, None, _EX + "lm_head.weight", "zeros", "vocab,De"),
     ]
     # flow-matching heads (nnx.Linear, openpi pi0.py:92-100) -> PI05Pytorch / PI0Pytorch attributes
     + _heads(BOTH, ("action_in_proj", "action_out_proj"))
@@ -145,9 +179,12 @@ ROWS: tuple[Row, ...] = tuple(
     + _heads(PI0, ("state_proj", "action_time_mlp_in", "action_time_mlp_out"))
 )
 
-# Shape of a synthesized row, in terms of the variant: (vocab, action-expert width) for the expert lm_head
-# (transformers GemmaForCausalLM lm_head = nn.Linear(hidden_size, vocab_size)).
-SYNTH_SHAPES = {"expert.lm_head": ("vocab_size", "expert_width")}
+# Gemma RMSNorm scales, applied as (1 + w) on both sides (see the module doc): the llm/ `scale` leaves.
+RMS_NORM_ROLES = frozenset(r.role for r in ROWS if r.source and r.source[:2] == ("PaliGemma", "llm")
+                           and r.source[-1] == "scale")
+
+# The scanned roots: every leaf under one carries the layer axis first (row.stack names it).
+STACKED_ROOTS = {("PaliGemma", "llm", "layers"): "L", ("PaliGemma", "img", "Transformer", "encoderblock"): "V"}
 
 
 def rows_for(model: str) -> tuple[Row, ...]:

@@ -23,7 +23,7 @@ from pibridge.convert import transforms as T
 from pibridge.convert.detect import Detection, Path, Shape, detect, shapes_of, stack_axis
 from pibridge.convert.lora import LoraTree, merge_rule
 from pibridge.convert.lora_merge import merging_reader
-from pibridge.convert.mapping import SYNTH_SHAPES, Row, dest_key, lerobot_dtype, rows_for, vision_prefix
+from pibridge.convert.mapping import Row, axis_sizes, dest_key, lerobot_dtype, row_shape, rows_for, vision_prefix
 from pibridge.convert.tree import openpi_tree_shapes
 from pibridge.errors import PibridgeError
 
@@ -100,8 +100,7 @@ def _part_shape(row: Row, shape: Shape) -> Shape:
 
 
 def _synth_shape(row: Row, variant: Variant) -> Shape:
-    names = {"vocab_size": variant.vocab_size, "expert_width": variant.action_expert.width}
-    return tuple(names[n] for n in SYNTH_SHAPES[row.role])
+    return row_shape(row, axis_sizes(variant))
 
 
 def _expand(row: Row, shapes: Mapping[Path, Shape], variant: Variant, vision: str, wdt: str) -> list[PlannedTensor]:

@@ -17,6 +17,7 @@ import jax
 from pibridge.configs import Variant
 from pibridge.convert.detect import shapes_of
 from pibridge.convert.lora import EXPERTS, LoraSetting, LoraTree, attn_scalings, resolve_settings, split_lora
+from pibridge.convert.mapping import STACKED_ROOTS
 from pibridge.convert.tree import flatten, nest, openpi_tree_shapes
 from pibridge.errors import PibridgeError
 from pibridge.parity.jax_stack.precision import PrecisionPolicy
@@ -67,8 +68,9 @@ def check_tree(flat: dict[Path, object], variant: Variant) -> None:
 
 
 def _scanned_roots(variant: Variant) -> dict[Path, int]:
-    return {("PaliGemma", "img", "Transformer", "encoderblock"): variant.siglip.depth,
-            ("PaliGemma", "llm", "layers"): variant.paligemma.depth}
+    """The key table's scanned roots with their layer counts (L: Gemma depth, V: SigLIP depth)."""
+    depth = {"L": variant.paligemma.depth, "V": variant.siglip.depth}
+    return {root: depth[axis] for root, axis in STACKED_ROOTS.items()}
 
 
 def _load(shapes: Mapping[Path, object], read: Callable[[Path], object], roots: dict[Path, int],
