@@ -84,11 +84,10 @@ def make_variant(args, spec: g.GoldenSpec, commit: str, work: Path, staged: Path
         cos = float(np.dot(ours.ravel(), ref.ravel()) / (np.linalg.norm(ours) * np.linalg.norm(ref)))
         row = {"golden": spec.trace_name(precision), "openpi_max_abs": max_abs, "openpi_cosine": cos}
         print(json.dumps(row), flush=True)
-        if precision == "float32" and not max_abs <= g.FP32_LIMIT:
-            raise SystemExit(f"REFUSED {row['golden']}: float32 actions differ from OpenPI's by {max_abs:.3e} "
-                             f"> {g.FP32_LIMIT}")
-        if precision == "bf16" and max_abs != 0.0:
-            print(f"note: bf16 actions differ from OpenPI's by {max_abs:.3e} (0 expected)", flush=True)
+        if max_abs != 0.0:  # same host, same jitted computation: OpenPI's model and the JAX stack agree bit for bit
+            raise SystemExit(f"REFUSED {row['golden']}: {precision} actions differ from OpenPI's by {max_abs:.3e}; "
+                             "on one host the JAX stack reproduces OpenPI's Pi0.sample_actions exactly (max-abs 0): "
+                             "find what differs (tools/validate_jax_stack.py) before making goldens")
         meta = g.trace_meta(spec, precision, synth=synth, obs_fingerprint=obs.fingerprint(), openpi_commit=commit,
                             openpi_max_abs=max_abs, openpi_cosine=cos)
         write_trace(staged / spec.trace_name(precision), stages, meta)

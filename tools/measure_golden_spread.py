@@ -156,6 +156,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def family_limit_cell(doc: dict, case: str, fam: str, family) -> str:
+    """The tightest per-stage limit of a family (max_abs / rel_l2 / norm_ratio), from the rules written from `doc`."""
+    from pibridge.parity.golden_rules import METRICS, rules_from_json
+
+    limits = [v.limit for k, v in rules_from_json(doc).limits(case).items() if family(k) == fam]
+    return "/".join(f"{min(x[m] for x in limits):.1e}" for m in METRICS) if limits else "-"
+
+
 def report_md(doc: dict, errs: dict, family) -> str:
     from pibridge.parity.golden_rules import METRICS
 
@@ -166,7 +174,8 @@ def report_md(doc: dict, errs: dict, family) -> str:
              "Each cell: the family's largest max_abs / rel_l2 / norm_ratio against this host's default run.", ""]
     for case in doc["cases"]:
         names = list(errs)
-        lines += [f"## {case}", "", "| family | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"## {case}", "", "| family | " + " | ".join(names) + " | limit (smallest in family) |",
+                  "|---" * (len(names) + 2) + "|"]
         fams: dict[str, dict[str, list[float]]] = {}
         for n in names:
             for stage, e in errs[n][case].items():
@@ -174,7 +183,8 @@ def report_md(doc: dict, errs: dict, family) -> str:
                 for i, m in enumerate(METRICS):
                     cur[i] = max(cur[i], e[m])
         for fam, row in fams.items():
-            lines.append(f"| {fam} | " + " | ".join("/".join(f"{v:.1e}" for v in row[n]) for n in names) + " |")
+            lines.append(f"| {fam} | " + " | ".join("/".join(f"{v:.1e}" for v in row[n]) for n in names)
+                         + f" | {family_limit_cell(doc, case, fam, family)} |")
         lines.append("")
     return "\n".join(lines)
 

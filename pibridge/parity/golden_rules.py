@@ -130,8 +130,7 @@ class GoldenCheck:
 
     def explain(self, limit: int = 5) -> str:
         """Both hosts, then per failing stage and metric: error, limit, and the error as a multiple of the spread
-        measured for the stage's family. Past 2x the limit it is called a real change; within it, possibly a host
-        unlike any measured (re-measure there with tools/measure_golden_spread.py)."""
+        measured for the stage's family; the verdict per line is `_cause`'s."""
         lines = [f"golden {self.case} vs today's JAX stack: "
                  f"{'PASS' if self.passed else f'{len(self.failures)} stage(s) beyond the limits'}",
                  f"  golden made on: {describe_host(self.golden_host)}",
@@ -144,13 +143,25 @@ class GoldenCheck:
             for m in row.broken:
                 over = row.errors[m] / row.limits.limit[m]
                 times = f"{row.errors[m] / fam[m]:.3g} x" if fam[m] > 0 else "inf x"
-                cause = "a real change" if over > 2 else "possibly a host unlike those measured"
+                cause = _cause(over, row.errors[m], self.rules.multiple * fam[m])
                 lines.append(f"  {row.name}: {m} {row.errors[m]:.3e} > limit {row.limits.limit[m]:.3e} "
                              f"({over:.3g} x the limit; {times} the host spread of {family}, {fam[m]:.2e}) "
                              f"-> {cause}")
         if len(self.failures) > limit:
             lines.append(f"  ... and {len(self.failures) - limit} more")
         return "\n".join(lines)
+
+
+def _cause(over_limit: float, error: float, family_limit: float) -> str:
+    """Noise or a real change? Past 2x its own limit AND past `multiple` x the largest spread measured anywhere in its
+    stage family it is a real change; past its limit but within its family's, the stage moved as far as its siblings
+    move on the hosts measured (a stage that happened to vary little here); within 2x, a host unlike those measured.
+    The last two: re-measure on this host (tools/measure_golden_spread.py) before calling it a change."""
+    if over_limit > 2 and error > family_limit:
+        return "a real change"
+    if over_limit > 2:
+        return "beyond this stage's spread but within its family's: re-measure here before calling it a change"
+    return "possibly a host unlike those measured"
 
 
 def check_golden(case: str, golden, stages, *, golden_host: dict | None = None, today_host: dict | None = None,

@@ -33,7 +33,6 @@ from pibridge.parity.tensorfile import load_tensors, save_tensors
 OPENPI_COMMIT = "15a9616a00943ada6c20a0f158e3adb39df2ccac"
 NUM_STEPS = 5  # Euler steps recorded in the goldens (OpenPI's default is 10; 5 keeps the test gate short)
 DROPPED_STAGES = ("input/image",)  # stored once per variant in inputs-<variant>.safetensors
-FP32_LIMIT = 1e-5  # OpenPI vs ours, float32 actions max-abs (issue 5 item 6)
 PROMPTS = ("pick up the red block on the left and put it in the gray bin next to the robot", "fold the towel")
 MASKED = {1: ["left_wrist_0_rgb"]}
 IMAGE_SIZES = {"base_0_rgb": (240, 320), "left_wrist_0_rgb": (120, 160)}  # right wrist: empty in *_droid
