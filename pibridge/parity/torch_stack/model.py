@@ -20,7 +20,7 @@ from torch import nn
 
 from pibridge.configs import GemmaSize, Variant
 from pibridge.errors import PibridgeError
-from pibridge.parity.torch_stack import compat
+from pibridge.fixes import shims as compat
 
 # LeRobot keeps these parameter groups fp32 in its bf16 policy (modeling_pi05.py:244-265, v0.6.1).
 KEEP_FP32_SELECTORS = ("vision_tower", "multi_modal_projector", "input_layernorm", "post_attention_layernorm", "model.norm")
