@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from pibridge.fixes.table import applicable_fixes, matching_fixes
 from pibridge.errors import PibridgeError
 from pibridge.fixes import guard
+from pibridge.fixes.table import applicable_fixes, matching_fixes
 
 pytestmark = pytest.mark.torch
 

@@ -1,16 +1,14 @@
 """The supported-release range (configs/transformers_support.json) and the matrix tool's pure parts."""
 
-import json
-
 import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from _matrix_helpers import GATE, RELEASES, matrix
 from pibridge.configs import load_transformers_support
-from pibridge.fixes.table import load_fixes
 from pibridge.errors import PibridgeError
 from pibridge.fixes import shims
+from pibridge.fixes.table import load_fixes
 
 
 @pytest.mark.parametrize("version", ["4.52.4", "4.51.3", "5.26.0", "5.26.0.dev0", "6.0.0", "not-a-version"])
