@@ -29,13 +29,12 @@ _DEBUG = False
 
 
 def _version_text() -> str:
-    import json
     from importlib import metadata
 
     from pibridge import __version__
-    from pibridge.convert.lerobot_config import SCHEMA_DIR
+    from pibridge.convert.lerobot_config import lerobot_versions, version_data
 
-    versions = json.loads((SCHEMA_DIR / "versions.json").read_text())["versions"]
+    versions = {v: version_data(v) for v in lerobot_versions()}
     targets = ", ".join(f"{v} (transformers key layout {d['transformers_default']})" for v, d in versions.items())
     try:
         installed = metadata.version("pibridge")
@@ -184,7 +183,7 @@ def check(
 
     Run it with the Python that will run the policy: the LeRobot environment's (e.g. .venvs/lr-0.6.1/bin/pibridge
     check OUT, after `make lerobot-env`), since the answer depends on its transformers / LeRobot versions."""
-    from pibridge.parity.check import command_check
+    from pibridge.fixes.guard import command_check
 
     raise typer.Exit(command_check(out, strict=strict, as_json=as_json))
 
@@ -197,7 +196,7 @@ def fixes(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable rows.")] = False,
 ) -> None:
     """List the numeric fixes (configs/fixes.json) that apply to a runtime."""
-    from pibridge.parity.check import command_fixes
+    from pibridge.fixes.guard import command_fixes
 
     command_fixes(transformers, lerobot, dtype, as_json=as_json)
 

@@ -91,7 +91,7 @@ def jax_trace(case: Case, inputs, noise, precision: str, num_steps: int):
 
 
 def load_torch(case: Case, runtime_dtype: str, fixes: bool = True):
-    from pibridge.parity.runtime_fixes import apply_runtime_fixes
+    from pibridge.fixes.runtime import apply_runtime_fixes
     from pibridge.parity.torch_stack.model import load_policy
 
     policy = load_policy(case.out, case.variant, runtime_dtype)

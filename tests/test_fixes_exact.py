@@ -50,7 +50,7 @@ def _reference(attn, x, pos):
 
 
 def test_exact_attention_is_closer_to_openpi_math_than_stock():
-    from pibridge.parity.torch_stack import exact
+    from pibridge.fixes import exact
 
     attn, rope = _layer()
     x = torch.randn(1, 300, 72) * 2

@@ -133,7 +133,7 @@ def test_jax_stack_within_host_spread_of_golden(case, today):
 def test_torch_stack_matches_golden_within_tolerances(case, made):
     from pibridge.configs import load_variant
     from pibridge.parity.compare import compare
-    from pibridge.parity.runtime_fixes import apply_runtime_fixes
+    from pibridge.fixes.runtime import apply_runtime_fixes
     from pibridge.parity.stages import StageRecorder
     from pibridge.parity.torch_stack.forward import sample_actions
     from pibridge.parity.torch_stack.model import load_policy

@@ -1,16 +1,21 @@
 """DESIGN's dependency rules, checked in fresh interpreters: convert imports neither jax nor torch; the JAX
-stack never imports torch; `pibridge --help` imports nothing heavy."""
+stack never imports torch; the fixes wing (torch side) never imports jax and its table imports neither;
+`pibridge --help` imports nothing heavy. And, on the source (every import node: function-level, relative,
+`import_module` with a literal name): pibridge/fixes/ imports nothing of pibridge.parity."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pibridge.convert
+import pibridge.fixes
 import pibridge.parity
 
-TORCH_SIDE = ("torch_stack", "lerobot", "runtime_fixes", "transformers_")  # parity modules allowed to import torch
+TORCH_SIDE = ("torch_stack", "lerobot", "transformers_")  # parity modules allowed to import torch
 HEAVY = ("jax", "flax", "orbax", "torch", "transformers", "tensorstore")
 
 
@@ -52,18 +57,21 @@ def test_bad_usage_exits_2():
 
 
 def test_torch_side_never_imports_jax():
-    mods = [m for m in _submodules(pibridge.parity) if any(t in m for t in TORCH_SIDE)]
-    assert mods
+    mods = [m for m in _submodules(pibridge.parity) if any(t in m for t in TORCH_SIDE)] + _submodules(pibridge.fixes)
+    assert "pibridge.fixes.runtime" in mods and "pibridge.fixes.guard" in mods
     loaded = _modules_loaded_after("\n".join(f"import {m}" for m in mods))
     assert not loaded & {"jax", "jaxlib", "flax", "orbax"}, loaded
+
+
+def test_fix_table_imports_neither_jax_nor_torch():
+    loaded = _modules_loaded_after("import pibridge.fixes.table")  # the converter imports it
+    assert not loaded & {"jax", "jaxlib", "flax", "orbax", "torch", "transformers"}, loaded
 
 
 # ----------------------------------------------------------------------------------------------- the never-rules, by AST
 # Every import node counts: module level or inside a function, absolute or relative, and importlib.import_module /
 # __import__ with a literal name. (The subprocess checks above see only what importing a module loads.)
-import ast  # noqa: E402
 import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -127,6 +135,10 @@ def rule_violations(root: Path = PACKAGE_ROOT) -> list[str]:
                 broken.append("the parity core imports no stack")
             if mine is not None and theirs is not None and mine != theirs:
                 broken.append("a stack imports no other stack")
+            if me.startswith("pibridge.fixes") and imported.startswith("pibridge.parity"):
+                broken.append("the fixes wing imports nothing of parity")
+            if me.startswith("pibridge.fixes") and imported.split(".")[0] in ("jax", "jaxlib", "flax", "orbax"):
+                broken.append("the fixes wing (torch side) never imports jax")
             if mine == "pibridge.parity.jax_stack" and imported.startswith("pibridge.convert.lora_merge"):
                 broken.append("the JAX stack never imports convert's LoRA merge")
             if me == "pibridge.cli" and module_level and imported.split(".")[0] in ("pibridge", *FRAMEWORKS) \
@@ -155,6 +167,10 @@ PLANTED = {  # the file to plant into, the line appended, the rule that must fir
                             "a stack imports no other stack"),
     "jax-lora-merge": ("parity/jax_stack/params.py", "def _planted():\n    from pibridge.convert import lora_merge\n",
                        "the JAX stack never imports convert's LoRA merge"),
+    "fixes-imports-parity": ("fixes/guard.py", "def _planted():\n    from pibridge.parity import stages\n",
+                             "the fixes wing imports nothing of parity"),
+    "fixes-imports-jax": ("fixes/runtime.py", "def _planted():\n    import jax\n",
+                          "the fixes wing (torch side) never imports jax"),
     "cli-eager": ("cli.py", "from pibridge.convert.convert import convert as _planted\n", "the CLI imports lazily"),
 }
 

@@ -1,22 +1,20 @@
 """The supported-release range (configs/transformers_support.json) and the matrix tool's pure parts."""
 
-import json
-
 import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from _matrix_helpers import GATE, RELEASES, matrix
-from pibridge.configs import CONFIG_DIR
-from pibridge.convert.fixtable import load_fixes
+from pibridge.configs import load_transformers_support
 from pibridge.errors import PibridgeError
-from pibridge.parity.torch_stack import compat
+from pibridge.fixes import shims
+from pibridge.fixes.table import load_fixes
 
 
 @pytest.mark.parametrize("version", ["4.52.4", "4.51.3", "5.26.0", "5.26.0.dev0", "6.0.0", "not-a-version"])
 def test_unsupported_release_names_the_range(version):
     with pytest.raises(PibridgeError) as err:
-        compat.check_supported(version)
+        shims.check_supported(version)
     text = err.value.render()
     assert f"transformers {version}" in text
     assert "4.53 through 5.25.x" in text and ">=4.53,<5.26" in text
@@ -25,20 +23,20 @@ def test_unsupported_release_names_the_range(version):
 
 @pytest.mark.parametrize("version", ["4.53.0", "4.53.3", "4.57.6", "5.3.0", "5.5.4", "5.24.0", "5.25.0", "5.25.1"])
 def test_supported_releases_pass(version):
-    assert compat.check_supported(version) == version
+    assert shims.check_supported(version) == version
 
 
 def test_override_lets_the_canary_run_a_newer_release(monkeypatch):
-    monkeypatch.setenv(compat.ALLOW_UNSUPPORTED_ENV, "1")
-    assert compat.check_supported("5.30.0") == "5.30.0"
+    monkeypatch.setenv(shims.ALLOW_UNSUPPORTED_ENV, "1")
+    assert shims.check_supported("5.30.0") == "5.30.0"
 
 
 def test_installed_release_is_supported():
-    assert compat.is_supported(compat.transformers_version())
+    assert shims.is_supported(shims.transformers_version())
 
 
 def test_support_config_is_consistent():
-    raw = json.loads((CONFIG_DIR / "transformers_support.json").read_text())
+    raw = load_transformers_support()
     spec = SpecifierSet(raw["supported"]["specifier"])
     assert Version(raw["supported"]["min"] + ".0") in spec
     assert Version(raw["supported"]["newest_on_registry"]) in spec
@@ -49,7 +47,7 @@ def test_support_config_is_consistent():
 
 
 def test_every_fix_applies_somewhere_in_the_supported_range():
-    spec = SpecifierSet(compat.supported_range()["specifier"])
+    spec = SpecifierSet(shims.supported_range()["specifier"])
     for fix in load_fixes():
         fspec = SpecifierSet("" if fix.transformers == "*" else fix.transformers)
         assert any(Version(v) in spec and Version(v) in fspec for v in RELEASES), fix.id
@@ -100,7 +98,7 @@ def test_load_policy_refuses_an_unsupported_release(monkeypatch, tmp_path):
     from pibridge.configs import load_variant
     from pibridge.parity.torch_stack import model
 
-    monkeypatch.setattr(compat, "transformers_version", lambda: "4.52.4")
+    monkeypatch.setattr(shims, "transformers_version", lambda: "4.52.4")
     with pytest.raises(PibridgeError, match="4.53 through 5.25.x"):
         model.load_policy(tmp_path, load_variant("tiny-pi05"), "float32")
 

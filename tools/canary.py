@@ -414,14 +414,14 @@ def run_python(version: str, refs: Path, newest_torch: bool, pinned: Path, log=p
     proc = subprocess.run([str(py), str(Path(__file__)), "--inner", str(refs), "--traces", str(traces)],
                           capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     rows = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
-    from pibridge.parity.torch_stack import compat
+    from pibridge.fixes import shims
 
     tf = (inst.get("transformers") or {}).get("version")
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "python": subprocess.run(
         [str(py), "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
     ).stdout.strip(), "packages": {p: {**status[p], "installed": inst.get(p), "route": routes.get(p)} for p in PACKAGES},
-        "pibridge": pib, "supported": compat.supported_range()["specifier"],
-        "transformers_in_supported_range": bool(tf) and compat.is_supported(tf),
+        "pibridge": pib, "supported": shims.supported_range()["specifier"],
+        "transformers_in_supported_range": bool(tf) and shims.is_supported(tf),
         "rows": rows, "same_host": same_host(pinned, traces) if traces.is_dir() else [],
         "error": None if proc.returncode == 0 else proc.stderr[-3000:],
         "wall_s": round(time.perf_counter() - t0, 1)}

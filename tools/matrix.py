@@ -34,7 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-SUPPORT = json.loads((ROOT / "pibridge/configs/transformers_support.json").read_text())
+from pibridge.configs import load_transformers_support  # noqa: E402  (pure: json only)
+
+SUPPORT = load_transformers_support()
 VARIANTS = ("tiny-pi05", "tiny-pi0")
 # Pass rule: configs/tolerances.json (per stage and precision) when it exists and loads; these THRESHOLDS
 # otherwise. THRESHOLDS are also always evaluated as the "strict" verdict, a defect detector on the stages where
@@ -182,8 +184,8 @@ def load_case(case: Path):
 
 def capture(case: Path, lerobot: str, dtype: str, fixes: bool, exact: bool = False, loaded=None, skip=()):
     """Torch-stack trace of one job: (Trace, {fix id: places changed}). skip: fix ids left out."""
-    from pibridge.convert.fixtable import embedding_semantics
-    from pibridge.parity.runtime_fixes import apply_runtime_fixes
+    from pibridge.fixes.runtime import apply_runtime_fixes
+    from pibridge.fixes.table import embedding_semantics
     from pibridge.parity.stages import StageRecorder
     from pibridge.parity.torch_stack.forward import sample_actions
     from pibridge.parity.torch_stack.model import load_policy
@@ -194,7 +196,7 @@ def capture(case: Path, lerobot: str, dtype: str, fixes: bool, exact: bool = Fal
     applied = apply_runtime_fixes(policy, runtime_dtype=dtype, lerobot_version=lerobot, skip=tuple(skip)) \
         if fixes else {}
     if exact:
-        from pibridge.parity.runtime_fixes import exact_fp32_attention
+        from pibridge.fixes.runtime import exact_fp32_attention
 
         applied["exact-fp32-attention"] = exact_fp32_attention(policy)
     rec = StageRecorder()
@@ -300,16 +302,16 @@ def tolerance_failures(metrics: dict, rules, precision: str) -> list[str]:
 
 def worker(jobs: list[dict]) -> list[dict]:
     """Run jobs {variant, case, lerobot, dtype, fixes, exact[, skip, detail, kind]} on the installed release."""
-    from pibridge.parity.torch_stack import compat
+    from pibridge.fixes import shims
 
-    compat.check_supported()
+    shims.check_supported()
     cache, out = {}, []
     for job in jobs:
         case = Path(job["case"])
         loaded = cache.setdefault(case, load_case(case))
         t0 = time.perf_counter()
         if job.get("kind") == "layout":
-            out.append({**job, "transformers": compat.transformers_version(), **layout_job(case, loaded)})
+            out.append({**job, "transformers": shims.transformers_version(), **layout_job(case, loaded)})
             continue
         trace, applied = capture(case, job["lerobot"], job["dtype"], job["fixes"], job.get("exact", False), loaded,
                                  job.get("skip", ()))
@@ -317,7 +319,7 @@ def worker(jobs: list[dict]) -> list[dict]:
         res = judge(ref, trace, job["dtype"])
         if job.get("detail"):
             res["stages"] = stage_detail(ref, trace, loaded[1])
-        out.append({**job, "transformers": compat.transformers_version(), "applied": applied,
+        out.append({**job, "transformers": shims.transformers_version(), "applied": applied,
                     "seconds": round(time.perf_counter() - t0, 2), **res})
     return out
 
@@ -362,11 +364,13 @@ def run_release(version: str, jobs: list[dict], timeout: float = 1800) -> list[d
 
 def rows_from(results: list[dict]) -> list[dict]:
     """One row per (release, LeRobot, dtype, fixes, exact): both variants folded in."""
+    from pibridge.fixes.table import embedding_semantics
+
     rows: dict[tuple, dict] = {}
     for r in results:
         key = (r["transformers"], r["lerobot"], r["dtype"], r["fixes"], r["exact"])
         row = rows.setdefault(key, {"transformers": r["transformers"], "lerobot": r["lerobot"],
-                                    "semantics": "0.5" if r["lerobot"].startswith("0.5") else "0.6",
+                                    "semantics": embedding_semantics(r["lerobot"]),
                                     "dtype": r["dtype"], "fixes": r["fixes"], "exact_fp32": r["exact"],
                                     "fixes_applied": [], "variants": {}, "pass": True, "pass_strict": True})
         row["fixes_applied"] = sorted(set(row["fixes_applied"]) | {k for k, n in r["applied"].items() if n})

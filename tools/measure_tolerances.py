@@ -93,7 +93,7 @@ def measure_case(root: Path, variant, seed: int) -> dict:
 
 def fix_figures(case, inputs, noise, jb) -> dict:
     """bf16, width 96: each <= 5.3 / LeRobot 0.5 defect emulated, without and with its runtime fix."""
-    from pibridge.parity import runtime_fixes as rf
+    from pibridge.fixes import runtime as rf
 
     def run(prepare, fix, semantics="0.6"):
         pol = pc.load_torch(case, "bfloat16")

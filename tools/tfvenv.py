@@ -48,7 +48,9 @@ def _site_packages(venv: Path) -> Path:
 
 
 def support_config() -> dict:
-    return json.loads((ROOT / "pibridge/configs/transformers_support.json").read_text())
+    from pibridge.configs import load_transformers_support
+
+    return load_transformers_support()
 
 
 def install_spec(version: str, config: dict | None = None) -> dict | None:

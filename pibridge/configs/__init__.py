@@ -1,5 +1,8 @@
 """Data shipped with pibridge: model variants, policy profiles, tolerances, fix records.
 
+transformers_support.json is read by load_transformers_support, fixes.json by pibridge.fixes.table.load_table,
+lerobot/versions.json by pibridge.convert.lerobot_config._versions (one reader each).
+
 Variants (configs/variants/*.json) give the sizes of each sub-model; they mirror OpenPI's
 gemma.get_config / siglip.decode_variant (cited in each file's "sources").
 """
@@ -82,3 +85,9 @@ def load_variant(name: str) -> Variant:
         vocab_size=raw["vocab_size"],
         action_dim=raw["action_dim"],
     )
+
+
+@cache
+def load_transformers_support() -> dict:
+    """configs/transformers_support.json (its only reader): "supported" range, "api" facts, "matrix", "gate"."""
+    return json.loads((CONFIG_DIR / "transformers_support.json").read_text())

@@ -22,7 +22,6 @@ from pibridge.convert.assets import check_fit, choose_asset
 from pibridge.convert.atomic import PARTIAL_MARKER, atomic_output_dir, check_output_target, recover_stale
 from pibridge.convert.detect import Detection, detect
 from pibridge.convert.fingerprint import Fingerprint
-from pibridge.convert.fixtable import applicable_fixes, parse_version
 from pibridge.convert.folds import FOLD_ID, fold_bf16_param
 from pibridge.convert.guard import check_no_overlap, check_replaceable, file_list, is_empty_dir
 from pibridge.convert.lora import EXPERTS, merge_rule, parse_per_expert, parse_rslora, resolve_settings
@@ -36,6 +35,7 @@ from pibridge.convert.reader import OpenPICheckpoint, open_checkpoint
 from pibridge.convert.relocate import relocate_command
 from pibridge.convert.weights import LeafReader, write_weights
 from pibridge.errors import PibridgeError
+from pibridge.fixes.table import applicable_fixes, parse_version
 from pibridge.hostx import EXCLUDE_TOKEN, action_names
 from pibridge.provenance import PROVENANCE_FILE
 from pibridge.vocab import OPENPI_SLOTS

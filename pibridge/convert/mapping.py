@@ -30,7 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pibridge.configs import load_transformers_support
 from pibridge.errors import PibridgeError
+from pibridge.fixes.table import flat_siglip_keys, transformers_api
 from pibridge.vocab import KEEP_FP32_SELECTORS
 
 BOTH = frozenset({"pi0", "pi05"})
@@ -199,24 +201,16 @@ def model_only_sources(model: str) -> frozenset[tuple[str, ...]]:
 # --- destination key layout per transformers version -------------------------------------------------
 
 def vision_prefix(transformers_version: str) -> str:
-    """`{vision}` for a transformers version: "vision_model." for 4.52-5.5, "" from 5.6 (see module doc)."""
-    major, minor = _major_minor(transformers_version)
-    if (major, minor) < (4, 52):
+    """`{vision}` for a transformers version: "vision_model." up to 5.5, "" from 5.6 (see module doc; the
+    ranges are data: transformers_support.json api.paligemma_decoder_keys, fixes.json siglip-flat-keys)."""
+    if not transformers_api("paligemma_decoder_keys", transformers_version):
         raise PibridgeError(
             f"transformers {transformers_version} names PaliGemma keys `language_model.model.*`",
-            expected="transformers >= 4.52 (LeRobot 0.5.1 pins 5.3.0, 0.6.x 5.4-5.5)",
+            expected=f"transformers {load_transformers_support()['api']['paligemma_decoder_keys']['transformers']} "
+                     "(LeRobot 0.5.1 pins 5.3.0, 0.6.x 5.4-5.5)",
             fix="pass --transformers-version 5.3.0 or newer",
         )
-    return "vision_model." if (major, minor) < (5, 6) else ""
-
-
-def _major_minor(version: str) -> tuple[int, int]:
-    parts = version.split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        raise PibridgeError(f"unreadable transformers version {version!r}", expected="MAJOR.MINOR[.PATCH]",
-                            fix="pass e.g. --transformers-version 5.5.4") from None
+    return "" if flat_siglip_keys(transformers_version) else "vision_model."
 
 
 def dest_key(row: Row, layer: int | None, vision: str) -> str:

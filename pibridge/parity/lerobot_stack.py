@@ -352,7 +352,7 @@ def capture_lerobot(out_dir: Path, observation, trace_path: Path | None = None, 
     import torch
 
     from pibridge.parity.observation import Observation, load_observation
-    from pibridge.parity.runtime_fixes import apply_runtime_fixes
+    from pibridge.fixes.runtime import apply_runtime_fixes
     from pibridge.parity.trace import write_trace
 
     from pibridge.parity.progress import Progress

@@ -48,8 +48,9 @@ def capture_torch(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     import torch
 
     from pibridge.configs import load_variant
+    from pibridge.fixes.runtime import apply_runtime_fixes
+    from pibridge.fixes.table import embedding_semantics
     from pibridge.parity import lerobot_preprocess as lp
-    from pibridge.parity.runtime_fixes import apply_runtime_fixes
     from pibridge.tokenizer import load_tokenizer
     from pibridge.parity.torch_stack.forward import sample_actions
     from pibridge.parity.torch_stack.model import load_policy
@@ -80,7 +81,7 @@ def capture_torch(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     fixes = apply_runtime_fixes(policy, runtime_dtype=runtime, lerobot_version=lerobot_version) if req.fixes else {}
     t3 = time.perf_counter()
     rec = StageRecorder(on_record=prog.on_record)
-    semantics = "0.5" if lerobot_version.startswith("0.5") else "0.6"
+    semantics = embedding_semantics(lerobot_version)
     actions = sample_actions(policy, inputs, obs.noise, num_steps=req.steps, recorder=rec, semantics=semantics)
     t4 = time.perf_counter()
     unnorm = lp.unnormalize_actions(actions, files)

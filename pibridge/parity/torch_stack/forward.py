@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pibridge.parity import stages as st
 from pibridge.parity.inputs import ModelInputs
 from pibridge.parity.stages import StageRecorder
-from pibridge.parity.torch_stack import compat
+from pibridge.fixes import shims as compat
 from pibridge.parity.torch_stack.model import AdaRMSNorm, TorchPolicy
 
 MASK_VALUE = -2.3819763e38  # lerobot utils/constants.py OPENPI_ATTENTION_MASK_VALUE = openpi gemma.py big_neg
@@ -167,7 +167,7 @@ def sample_actions(policy: TorchPolicy, inputs: ModelInputs, noise: np.ndarray, 
     """Euler flow matching from t=1 (noise) to 0 (lerobot common/flow_matching.py euler_integrate): actions (B, A, 32).
     exact_fp32=True installs the opt-in runtime fix `exact_fp32_attention` on the policy first (it stays on)."""
     if exact_fp32:
-        from pibridge.parity.runtime_fixes import exact_fp32_attention
+        from pibridge.fixes.runtime import exact_fp32_attention
 
         exact_fp32_attention(policy)
     rec = _Rec(recorder)

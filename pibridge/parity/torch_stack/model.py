@@ -20,7 +20,7 @@ from torch import nn
 
 from pibridge.configs import GemmaSize, Variant
 from pibridge.errors import PibridgeError
-from pibridge.parity.torch_stack import compat
+from pibridge.fixes import shims as compat
 from pibridge.vocab import KEEP_FP32_SELECTORS
 
 

@@ -6,7 +6,7 @@ every installed distribution named `lerobot_policy_*`; importing this module wra
 PI05Policy and PI0Policy. For a directory that holds pibridge.json (written by `pibridge convert`) the wrapper
 1. checks the load (LeRobot only prints a warning on missing / unexpected keys and keeps random weights): raises
    PibridgeError naming the differences;
-2. applies pibridge.parity.runtime_fixes.apply_runtime_fixes for the installed transformers / LeRobot and the
+2. applies pibridge.fixes.runtime.apply_runtime_fixes for the installed transformers / LeRobot and the
    policy's runtime dtype (e.g. fp32 RoPE inv_freq in bf16; undo double scaling on LeRobot 0.5 + transformers 5.4+).
 It also wraps the processor pipelines' `from_pretrained`: LeRobot <= 0.6.1 does not resolve a relative
 tokenizer path, and `pibridge convert` writes OUT/tokenizer's absolute path into policy_preprocessor.json; when
@@ -49,7 +49,7 @@ def _pibridge_dir(path) -> Path | None:
 def after_load(policy, out: Path):
     """Load check + runtime fixes for a pibridge-converted directory; returns the policy."""
     from pibridge.parity.lerobot_stack import verify_load
-    from pibridge.parity.runtime_fixes import apply_runtime_fixes
+    from pibridge.fixes.runtime import apply_runtime_fixes
     from pibridge.errors import PibridgeError
 
     check = verify_load(policy, out / "model.safetensors", "")

@@ -1,4 +1,4 @@
-"""Opt-in fp32-exact attention for Gemma layers (runtime fix `exact_fp32_attention`).
+"""Opt-in fp32-exact attention for Gemma layers (runtime fix exact-fp32-attention, pibridge.fixes.runtime).
 
 Every transformers release rounds two things to the activation dtype that OpenPI JAX keeps in fp32:
 - RoPE: the rotary module returns cos/sin cast to x.dtype and `apply_rotary_pos_emb` rotates in bf16
@@ -18,7 +18,7 @@ import types
 
 import torch
 
-from pibridge.parity.torch_stack import compat
+from pibridge.fixes import shims
 
 MARK = "_pibridge_exact_fp32"
 CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
@@ -26,7 +26,7 @@ CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
 
 def _rotary_forward_fp32(self, x: torch.Tensor, position_ids: torch.Tensor):
     """cos/sin in fp32 from fp32 inverse frequencies, whatever dtype the buffer was cast to."""
-    inv_freq = compat.rope_inv_freq(compat.rope_theta(self.config), compat._head_dim(self.config))
+    inv_freq = shims.rope_inv_freq(shims.rope_theta(self.config), shims.config_head_dim(self.config))
     freqs = position_ids.to(torch.float32)[..., None] * inv_freq.to(x.device)  # (B, T) -> (B, T, H/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, H/2) -> (B, T, H): rotate-half layout
     return emb.cos(), emb.sin()

@@ -1,18 +1,19 @@
 """`pibridge check OUT` (the guard of DESIGN "Fixes") and `pibridge fixes` (the fix table, filtered).
 
 check_runtime(OUT) reads OUT's provenance (the LeRobot / transformers / dtype it was converted for), then
-PROBES the installed runtime on tiny modules built with the installed transformers classes (no download, no
-weights): whether embed_tokens already scales by sqrt(hidden), whether get_image_features divides, which
-SigLIP key layout the vision tower has (against OUT's model.safetensors keys), whether RoPE inv_freq stays
-fp32 after a `.to(bfloat16)`. Each probe is compared with what the target LeRobot version's code expects
-(LeRobot 0.6: transformers >= 5.4 semantics; 0.5: it scales by itself) and turned into findings that say
-what is wrong and which runtime fix (pibridge.parity.runtime_fixes) repairs it.
+MEASURES the installed runtime on tiny modules built here with the installed transformers classes (no download,
+no weights, no stack): whether embed_tokens already scales by sqrt(hidden), whether get_image_features divides,
+which SigLIP key layout the vision tower has, whether RoPE inv_freq stays fp32 after a `.to(bfloat16)`. The
+findings are derived from the fix table: every record of a guarded kind (runtime, layout) that concerns the
+target's dtype and LeRobot embedding semantics is judged by the probe registered under its id (@probe), which
+says what is wrong and which runtime fix (pibridge.fixes.runtime) repairs it; the table's version ranges are then
+cross-checked against what the probes found.
 
 Exit codes (command_check): 0 when nothing is wrong or only warnings (problems a runtime fix repairs, a
 runtime other than the target) -- the policy is usable with `apply_runtime_fixes`; 1 with --strict on any
 warning, and always on an error (a problem no runtime fix repairs: OUT's SigLIP keys do not match the
 installed release, so LeRobot's loader leaves the vision tower random); 2 on bad input (PibridgeError).
-Torch side: never imports jax.
+Torch side: never imports jax; imports no stack (pibridge.parity).
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from pibridge.convert.fixtable import Fix, embedding_semantics, flat_siglip_keys, matching_fixes
 from pibridge.errors import PibridgeError
+from pibridge.fixes.table import (FIXES_JSON, GUARDED_KINDS, VISION_MODEL, Fix, embedding_semantics, load_fixes,
+                                  matching_fixes)
 
-VISION_MODEL = ".vision_tower.vision_model."
+APPLY = "after from_pretrained: pibridge.fixes.runtime.apply_runtime_fixes(policy, runtime_dtype=...)"
 
 
 @dataclass(frozen=True)
 class Finding:
     level: str  # ok | warning | error
-    topic: str  # versions | text-embedding | image-features | rope-inv-freq | siglip-keys
+    topic: str  # versions | text-embedding | image-features | rope-inv-freq | siglip-keys | fix-table
     found: str
     expected: str = ""
     fix: str = ""
@@ -51,39 +54,71 @@ class Probe:
     inv_freq_fp32_after_bf16: bool
 
 
-def _tiny_variant():
-    from dataclasses import replace
+@dataclass(frozen=True)
+class Runtime:
+    """What a probe judges: the measurements, the target's LeRobot embedding semantics and dtype, OUT's layout."""
 
-    from pibridge.configs import GemmaSize, load_variant
+    probe: Probe
+    semantics: str  # "0.5" | "0.6" (fixes.json embedding_semantics)
+    dtype: str
+    out_flat: bool | None  # OUT's SigLIP keys flat (True), nested (False), absent (None)
 
-    base = load_variant("tiny-pi05")
-    g = GemmaSize("probe", 36, 1, 48, 2, 1, 18)  # width 36: sqrt(36) = 6, a factor no rounding can hide
-    return replace(base, paligemma=g, action_expert=g, vocab_size=32)
+
+PROBES: dict[str, Callable[[Runtime, Fix], list[Finding]]] = {}  # fix id -> judge of that record
+
+
+def probe(fix_id: str):
+    """Register the guard's judge for fixes.json record `fix_id` (kind runtime or layout)."""
+    def register(fn):
+        PROBES[fix_id] = fn
+        return fn
+    return register
+
+
+def _tiny_paligemma_config():
+    """A PaliGemma config of the installed transformers: Gemma width 36 (sqrt(36) = 6, a factor no rounding can
+    hide), 1 layer, head_dim 18, vocab 32; SigLIP of tiny-pi05. Built here so the guard needs no stack."""
+    from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+
+    from pibridge.configs import load_variant
+
+    width, vocab, v = 36, 32, load_variant("tiny-pi05").siglip
+    vision = SiglipVisionConfig(hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth,
+                                num_attention_heads=v.num_heads, patch_size=v.patch_size, image_size=v.image_size,
+                                layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", projection_dim=width,
+                                vision_use_head=False)
+    text = GemmaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=48, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=18, hidden_activation="gelu_pytorch_tanh",
+                       hidden_act="gelu_pytorch_tanh", rms_norm_eps=1e-6, max_position_embeddings=8192,
+                       attention_bias=False)
+    cfg = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=vocab,
+                          projection_dim=width)
+    cfg.vision_config.projection_dim = width
+    return cfg
 
 
 def probe_runtime() -> Probe:
     """Build a tiny PaliGemma with the installed transformers (random init, CPU) and measure its behaviour."""
     import torch
+    from transformers import PaliGemmaForConditionalGeneration
 
-    from pibridge.parity.torch_stack import compat
-    from pibridge.parity.torch_stack.model import _paligemma_config
+    from pibridge.fixes import shims
 
     torch.manual_seed(0)
     with torch.no_grad():
-        from transformers import PaliGemmaForConditionalGeneration
-
-        v = _tiny_variant()
-        pg = PaliGemmaForConditionalGeneration(_paligemma_config(v)).eval()
+        cfg = _tiny_paligemma_config()
+        pg = PaliGemmaForConditionalGeneration(cfg).eval()
         emb = pg.model.language_model.embed_tokens
         ids = torch.arange(5)[None]
-        scaled = torch.allclose(emb(ids), emb.weight[ids] * math.sqrt(v.paligemma.width), rtol=1e-3)
-        pixels = torch.rand(1, 3, v.siglip.image_size, v.siglip.image_size)
+        scaled = torch.allclose(emb(ids), emb.weight[ids] * math.sqrt(cfg.text_config.hidden_size), rtol=1e-3)
+        size = cfg.vision_config.image_size
+        pixels = torch.rand(1, 3, size, size)
         direct = pg.model.multi_modal_projector(pg.model.vision_tower(pixels).last_hidden_state)
-        divided = not torch.allclose(compat.image_features(pg.model, pixels), direct, rtol=1e-4, atol=1e-6)
+        divided = not torch.allclose(shims.image_features(pg.model, pixels), direct, rtol=1e-4, atol=1e-6)
         flat = not any(VISION_MODEL in "." + k for k in pg.state_dict())
         rotary = pg.model.language_model.rotary_emb.to(torch.bfloat16)
         fp32 = rotary.inv_freq.dtype == torch.float32
-    return Probe(compat.transformers_version(), scaled, divided, flat, fp32)
+    return Probe(shims.transformers_version(), scaled, divided, flat, fp32)
 
 
 def installed_lerobot() -> str | None:
@@ -126,10 +161,24 @@ def check_runtime(out_dir: Path, probe: Probe | None = None, lerobot: str | None
     lerobot = lerobot or installed_lerobot()
     lr = lerobot or target["lerobot_version"]
     findings = _version_findings(target, probe.transformers, lerobot)
-    findings += _embedding_findings(probe, embedding_semantics(lr), target["runtime_dtype"])
-    findings += _layout_findings(out_vision_layout(Path(out_dir)), probe.siglip_flat_keys, probe.transformers)
+    rt = Runtime(probe, embedding_semantics(lr), target["runtime_dtype"], out_vision_layout(Path(out_dir)))
+    for fix in guarded(rt):
+        findings += judge(fix.id)(rt, fix)
     findings += _table_cross_check(findings, probe.transformers, lr, target["runtime_dtype"])
     return findings
+
+
+def guarded(rt: Runtime) -> list[Fix]:
+    """The records the guard judges for this target: a guarded kind, its dtype, its embedding semantics."""
+    return [f for f in load_fixes() if f.kind in GUARDED_KINDS and rt.dtype in f.runtime_dtypes
+            and f.semantics in (None, rt.semantics)]
+
+
+def judge(fix_id: str) -> Callable[[Runtime, Fix], list[Finding]]:
+    if fix_id not in PROBES:
+        raise PibridgeError(f"fix {fix_id!r} of {FIXES_JSON} has no probe", f"one of {sorted(PROBES)}",
+                            "register one with @probe in pibridge/fixes/guard.py")
+    return PROBES[fix_id]
 
 
 def _version_findings(target: dict, tv: str, lerobot: str | None) -> list[Finding]:
@@ -149,44 +198,53 @@ def _version_findings(target: dict, tv: str, lerobot: str | None) -> list[Findin
     return out
 
 
-def _embedding_findings(p: Probe, semantics: str, dtype: str) -> list[Finding]:
-    out = []
-    fix = "after from_pretrained: pibridge.parity.runtime_fixes.apply_runtime_fixes(policy, runtime_dtype=...)"
-    if semantics == "0.6":
-        out.append(Finding("warning", "text-embedding", "embed_tokens returns unscaled rows (transformers <= 5.3); "
-                           "LeRobot 0.6 does not scale them", "rows scaled by sqrt(hidden)", fix + " "
-                           "(scale_text_embeddings)", "text-embedding-scaled") if not p.text_embedding_scaled else
-                   Finding("ok", "text-embedding", "embed_tokens scales by sqrt(hidden), as LeRobot 0.6 expects"))
-        out.append(Finding("warning", "image-features", "get_image_features divides by sqrt(hidden) (transformers <= "
-                           "5.3); LeRobot 0.6 does not multiply back", "undivided image features", fix +
-                           " (bypass_image_feature_division)", "image-features-undivided") if p.image_features_divided
-                   else Finding("ok", "image-features", "get_image_features is undivided, as LeRobot 0.6 expects"))
-    elif p.text_embedding_scaled or not p.image_features_divided:
-        out.append(Finding("warning", "text-embedding", "LeRobot 0.5 multiplies text and image features by "
-                           "sqrt(hidden) itself and this transformers already scales (double scaling)",
-                           "transformers <= 5.3 with LeRobot 0.5", fix + " (undo_double_scaling)",
-                           "double-scaling-lerobot-0.5"))
-    else:
-        out.append(Finding("ok", "text-embedding", "transformers <= 5.3 semantics, as LeRobot 0.5 expects"))
-    if dtype == "bfloat16" and not p.inv_freq_fp32_after_bf16:
-        out.append(Finding("warning", "rope-inv-freq", "RoPE inv_freq is rounded to bf16 by LeRobot's bf16 cast "
-                           "(phase error grows with position)", "fp32 inv_freq", fix + " (restore_rope_inv_freq)",
-                           "rope-inv-freq-fp32"))
-    elif dtype == "bfloat16":
-        out.append(Finding("ok", "rope-inv-freq", "inv_freq stays fp32 after a bf16 cast"))
-    return out
+def _warn(topic: str, found: str, expected: str, fix: Fix) -> Finding:
+    return Finding("warning", topic, found, expected, f"{APPLY} ({fix.function})", fix.id)
 
 
-def _layout_findings(out_flat: bool | None, runtime_flat: bool, tv: str) -> list[Finding]:
-    if out_flat is None:
+@probe("text-embedding-scaled")
+def _text_embedding(rt: Runtime, fix: Fix) -> list[Finding]:
+    if not rt.probe.text_embedding_scaled:
+        return [_warn("text-embedding", "embed_tokens returns unscaled rows (transformers <= 5.3); LeRobot 0.6 does "
+                      "not scale them", "rows scaled by sqrt(hidden)", fix)]
+    return [Finding("ok", "text-embedding", "embed_tokens scales by sqrt(hidden), as LeRobot 0.6 expects")]
+
+
+@probe("image-features-undivided")
+def _image_features(rt: Runtime, fix: Fix) -> list[Finding]:
+    if rt.probe.image_features_divided:
+        return [_warn("image-features", "get_image_features divides by sqrt(hidden) (transformers <= 5.3); LeRobot "
+                      "0.6 does not multiply back", "undivided image features", fix)]
+    return [Finding("ok", "image-features", "get_image_features is undivided, as LeRobot 0.6 expects")]
+
+
+@probe("double-scaling-lerobot-0.5")
+def _double_scaling(rt: Runtime, fix: Fix) -> list[Finding]:
+    if rt.probe.text_embedding_scaled or not rt.probe.image_features_divided:
+        return [_warn("text-embedding", "LeRobot 0.5 multiplies text and image features by sqrt(hidden) itself and "
+                      "this transformers already scales (double scaling)", "transformers <= 5.3 with LeRobot 0.5", fix)]
+    return [Finding("ok", "text-embedding", "transformers <= 5.3 semantics, as LeRobot 0.5 expects")]
+
+
+@probe("rope-inv-freq-fp32")
+def _rope_inv_freq(rt: Runtime, fix: Fix) -> list[Finding]:
+    if not rt.probe.inv_freq_fp32_after_bf16:
+        return [_warn("rope-inv-freq", "RoPE inv_freq is rounded to bf16 by LeRobot's bf16 cast (phase error grows "
+                      "with position)", "fp32 inv_freq", fix)]
+    return [Finding("ok", "rope-inv-freq", "inv_freq stays fp32 after a bf16 cast")]
+
+
+@probe("siglip-flat-keys")
+def _siglip_keys(rt: Runtime, fix: Fix) -> list[Finding]:
+    tv, runtime_flat = rt.probe.transformers, rt.probe.siglip_flat_keys
+    if rt.out_flat is None:
         return [Finding("error", "siglip-keys", "OUT/model.safetensors has no vision tower keys", "SigLIP weights",
                         "convert the checkpoint again")]
     name = {True: "flat (no 'vision_model.', transformers >= 5.6)", False: "'vision_tower.vision_model.' (<= 5.5)"}
-    if out_flat != runtime_flat:
-        return [Finding("error", "siglip-keys", f"OUT's SigLIP keys are {name[out_flat]} but transformers {tv} "
+    if rt.out_flat != runtime_flat:
+        return [Finding("error", "siglip-keys", f"OUT's SigLIP keys are {name[rt.out_flat]} but transformers {tv} "
                         f"expects {name[runtime_flat]}: LeRobot's loader would leave the vision tower random",
-                        name[runtime_flat], f"pibridge convert CKPT OUT --transformers-version {tv} --force",
-                        "siglip-flat-keys")]
+                        name[runtime_flat], f"pibridge convert CKPT OUT --transformers-version {tv} --force", fix.id)]
     return [Finding("ok", "siglip-keys", f"OUT's SigLIP keys match transformers {tv} ({name[runtime_flat]})")]
 
 
@@ -258,5 +316,5 @@ def command_fixes(transformers: str | None = None, lerobot: str | None = None, d
     return rows
 
 
-__all__ = ["Finding", "Probe", "check_runtime", "command_check", "command_fixes", "exit_code", "flat_siglip_keys",
-           "probe_runtime"]
+__all__ = ["Finding", "PROBES", "Probe", "Runtime", "check_runtime", "command_check", "command_fixes", "exit_code",
+           "probe", "probe_runtime"]

@@ -1,20 +1,19 @@
-"""Named compatibility shims over the installed transformers release (the only place that looks at versions
-or API shapes). The supported range is declared once in configs/transformers_support.json and enforced by
-`check_supported` (called by model.load_policy).
+"""Named compatibility shims over the installed transformers release (the only torch-side place that looks at
+versions or API shapes; the version facts are data: configs/transformers_support.json "supported" and "api").
+The supported range is enforced by `check_supported` (called by the torch stack's load_policy).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import math
 import os
 from functools import cache
 
 import torch
 
-from pibridge.configs import CONFIG_DIR
+from pibridge.configs import load_transformers_support
 from pibridge.errors import PibridgeError
+from pibridge.fixes.table import VISION_MODEL, release_in, transformers_api
 
 ALLOW_UNSUPPORTED_ENV = "PIBRIDGE_ALLOW_UNSUPPORTED_TRANSFORMERS"
 
@@ -29,18 +28,14 @@ def transformers_version() -> str:
 @cache
 def supported_range() -> dict:
     """configs/transformers_support.json "supported": min, max, specifier, newest_on_registry."""
-    return json.loads((CONFIG_DIR / "transformers_support.json").read_text())["supported"]
+    return load_transformers_support()["supported"]
 
 
 def is_supported(version: str) -> bool:
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
-
     try:
-        release = Version(Version(version).base_version)  # 5.25.0.dev0 -> 5.25.0
-    except InvalidVersion:
+        return release_in(supported_range()["specifier"], version, "transformers")  # 5.25.0.dev0 -> 5.25.0
+    except PibridgeError:  # not a version
         return False
-    return release in SpecifierSet(supported_range()["specifier"])
 
 
 def check_supported(version: str | None = None) -> str:
@@ -71,9 +66,9 @@ def attention_cache_kwarg() -> str:
 
 
 def image_features_return_output() -> bool:
-    """get_image_features returns BaseModelOutputWithPooling from 5.0 (a tensor up to 4.57; reference
-    transformers.md section 1)."""
-    return int(transformers_version().split(".")[0]) >= 5
+    """get_image_features returns BaseModelOutputWithPooling from 5.0, a tensor up to 4.57 (transformers_support.json
+    api.image_features_return_output)."""
+    return transformers_api("image_features_return_output", transformers_version())
 
 
 def image_features(paligemma_model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -112,14 +107,14 @@ def materialize_buffers(root: torch.nn.Module) -> None:
             if buf is None or buf.device.type != "meta":
                 continue
             if buf_name in ("inv_freq", "original_inv_freq"):
-                value = rope_inv_freq(rope_theta(module.config), _head_dim(module.config))
+                value = rope_inv_freq(rope_theta(module.config), config_head_dim(module.config))
             elif buf_name == "embed_scale":
                 value = torch.tensor(float(module.scalar_embed_scale))
             elif buf_name == "position_ids":
                 value = torch.arange(buf.shape[-1]).expand(buf.shape).contiguous()
             else:
                 raise RuntimeError(f"transformers {transformers_version()}: unknown buffer {mod_name}.{buf_name}; "
-                                   "pibridge does not know how to initialise it (new release? see compat.py)")
+                                   "pibridge does not know how to initialise it (new release? see pibridge/fixes/shims.py)")
             module.register_buffer(buf_name, value.to(buf.dtype), persistent=False)
         _realias_original_inv_freq(module)
 
@@ -132,15 +127,8 @@ def _realias_original_inv_freq(module: torch.nn.Module) -> None:
         module.original_inv_freq = module.inv_freq
 
 
-def _head_dim(config) -> int:
+def config_head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def sqrt_width(width: int) -> float:
-    return math.sqrt(width)
-
-
-VISION_MODEL = ".vision_tower.vision_model."
 
 
 def adapt_vision_keys(keys, flat_tower: bool) -> dict[str, str]:
