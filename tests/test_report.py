@@ -73,6 +73,10 @@ def test_actions_plot_has_a_series_per_dim_per_stack_and_the_difference(reports)
     dims = (stages.get("actions/unnormalized") or stages["actions"]).value.shape[-1]
     assert plot.count("<polyline") == 3 * dims  # A, B, and B - A per dim
     assert "difference B - A" in plot
+    legend = re.findall(r'<tspan fill="[^"]+">(dim \d+) </tspan>', plot)
+    assert legend == [f"dim {d}" for d in range(dims)]  # every dim named (it was cut at dim 18 of 32)
+    lines = [float(y) for y in re.findall(r'<text x="\d+" y="([\d.]+)" class="a"><tspan', plot)]
+    assert len(lines) == -(-dims // 12) and max(lines) < float(re.search(r'height="(\d+)"', plot).group(1))
 
 
 def test_timings_label_fused_stages():

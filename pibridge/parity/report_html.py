@@ -184,13 +184,19 @@ def actions_plot(a: np.ndarray | None, b: np.ndarray | None, label_a: str, label
         return out
 
     diff = xb - xa
-    parts = [f'<svg id="actions-plot" class="plot" width="{w}" height="{2 * h + 30}" viewBox="0 0 {w} {2 * h + 30}" '
+    per_row = 12  # legend entries per line: "dim NN" fits ~50 px, 12 fit the plot's width
+    rows = -(-dims // per_row)
+    height = 2 * h + 14 + 16 * rows
+    parts = [f'<svg id="actions-plot" class="plot" width="{w}" height="{height}" viewBox="0 0 {w} {height}" '
              f'role="img" aria-label="actions of both stacks and their difference">']
     parts += panel(0, [(xa, False), (xb, True)],
                    f"actions/unnormalized, sample {sample}: {label_a} solid, {label_b} dashed, one colour per dim")
     parts += panel(h + 20, [(diff, False)], f"difference B - A (max |B - A| {np.nanmax(np.abs(diff)):.3e})")
-    legend = "".join(f'<tspan fill="{_hue(d, dims)}">dim {d} </tspan>' for d in range(dims))
-    parts.append(f'<text x="{pad}" y="{2 * h + 26}" class="a">{legend}</text></svg>')
+    for r in range(rows):  # every dim named: one line of the legend per `per_row` dims
+        legend = "".join(f'<tspan fill="{_hue(d, dims)}">dim {d} </tspan>'
+                         for d in range(r * per_row, min(dims, (r + 1) * per_row)))
+        parts.append(f'<text x="{pad}" y="{2 * h + 26 + 16 * r}" class="a">{legend}</text>')
+    parts.append("</svg>")
     return "".join(parts)
 
 
