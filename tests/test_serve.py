@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "lerobot"))
+sys.path.insert(0, str(Path(__file__).parent))
 import harness as h  # noqa: E402
 
 from pibridge.errors import PibridgeError  # noqa: E402
@@ -188,29 +190,60 @@ def _wait_ready(proc, log: Path, timeout: float = 240) -> int:
     raise AssertionError(f"serve not ready after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def _readme_line(flag: str) -> list[str]:
+    """README's `pibridge serve <flag> ...` line (test_readme.py parses it; it runs here: a server never exits by
+    itself, so test_readme_runs.py leaves it to this file)."""
+    from test_readme import LINES
+
+    lines = [shlex.split(x) for x in LINES if x.startswith(f"pibridge serve {flag} ")]
+    assert lines, f"README.md shows no `pibridge serve {flag}` line"
+    return lines[0][1:]
+
+
+def _substitute(args: list[str], values: dict[str, str]) -> list[str]:
+    """Placeholders (CKPT, OUT, paligemma.model) and option values (--port, --profile) -> this test's."""
+    out = [a if a.startswith("--") else values.get(a, a) for a in args]
+    for i, a in enumerate(out[:-1]):
+        if a.startswith("--") and a in values:
+            out[i + 1] = values[a]
+    return out
+
+
+def _start(args: list[str], log: Path):
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "pibridge.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                                env=_env(), cwd=h.ROOT)
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The real CLI: `pibridge serve --lerobot OUT --port 0 --max-size 2` (the LeRobot env found by itself)."""
+    """README's two serve lines through the real CLI, started together: `serve --lerobot OUT` (the LeRobot env found
+    by itself; --max-size 2 added for the oversized case) and `serve --openpi CKPT` (JAX, this venv); port 0."""
     h.venv_python("lr-0.6.1")
     _client_python()
     work = tmp_path_factory.mktemp("serve")
     ck = h.make_ckpt(work, "pi05", PROFILE, asset="trossen")
     out = h.make_tiny_out(work, "pi05", "0.6.1", "float32", profile=PROFILE, camera_map=CAMERA_MAP, ckpt=ck)
-    log = work / "serve.log"
-    env = _env()
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "pibridge.cli", "serve", "--lerobot", str(out), "--port", "0",
-                                 "--max-size", "2"], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=h.ROOT)
+    values = {"OUT": str(out), "CKPT": str(ck), "paligemma.model": str(h.TOKENIZER), "--port": "0",
+              "--profile": PROFILE}
+    lr = _start(_substitute(_readme_line("--lerobot"), values) + ["--max-size", "2"], work / "serve.log")
+    jx = _start(_substitute(_readme_line("--openpi"), values), work / "serve-openpi.log")
     try:
-        port = _wait_ready(proc, log)
-        yield {"port": port, "proc": proc, "log": log, "work": work, "ckpt": ck, "out": out}
+        port, openpi_port = _wait_ready(lr, work / "serve.log"), _wait_ready(jx, work / "serve-openpi.log")
+        yield {"port": port, "proc": lr, "log": work / "serve.log", "work": work, "ckpt": ck, "out": out,
+               "openpi_port": openpi_port, "openpi_proc": jx, "openpi_log": work / "serve-openpi.log"}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(lr)
+        _stop(jx)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +263,8 @@ def session(served):
     for name, obs in bad.items():
         (work / f"bad-{name}.bin").write_bytes(pack(obs))
     t0 = time.perf_counter()
-    r = subprocess.run([str(_client_python()), str(DRIVER), "session", str(served["port"]), str(work), str(N_REQ)],
+    r = subprocess.run([str(_client_python()), str(DRIVER), "session", str(served["port"]), str(work), str(N_REQ),
+                        str(served["openpi_port"])],
                        capture_output=True, text=True, timeout=500)
     assert r.returncode == 0, r.stderr[-4000:]
     res = json.loads((work / "session.json").read_text())
@@ -255,6 +289,14 @@ def test_openpi_client_gets_openpi_actions(served, session):
     err = float(np.abs(got - expected).max())
     print(f"served LeRobot vs OpenPI host side on the JAX stack: max-abs {err:.2e}")
     assert err <= ROBOT_MAX_ABS, err
+    # `serve --openpi` (the JAX stack behind the same protocol) replies what OpenPI's host side computes here
+    assert session["openpi_metadata"] == session["metadata"]
+    jax_reply = unpack((work / "openpi-reply-0.bin").read_bytes())
+    assert set(jax_reply) == set(reply) and jax_reply["actions"].dtype == np.float64
+    jax_err = float(np.abs(jax_reply["actions"] - expected).max())
+    print(f"served JAX stack vs OpenPI host side in-process: max-abs {jax_err:.2e}; vs served LeRobot "
+          f"{float(np.abs(jax_reply['actions'] - got).max()):.2e}")
+    assert jax_err <= 1e-6, jax_err
     # the noise is what decides the reply: another request's noise gives another action
     other = unpack((work / "reply-1.bin").read_bytes())["actions"]
     assert float(np.abs(other - got).max()) > 100 * ROBOT_MAX_ABS
@@ -295,13 +337,14 @@ def test_concurrent_clients_get_their_own_replies(session):
     assert load["seconds"] < 120
 
 
-def test_ctrl_c_stops_the_server_with_130(served, session):
-    proc = served["proc"]
+@pytest.mark.parametrize("which", ["", "openpi_"])
+def test_ctrl_c_stops_the_server_with_130(served, session, which):
+    proc, log, port = served[f"{which}proc"], served[f"{which}log"], served[f"{which}port"]
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130, served["log"].read_text()[-2000:]
+    assert proc.wait(timeout=60) == 130, log.read_text()[-2000:]
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{served['port']}/healthz", timeout=5)
-    assert "stopped by SIGINT after" in served["log"].read_text()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert "stopped by SIGINT after" in log.read_text() and "Traceback" not in log.read_text(), log.read_text()[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

@@ -82,4 +82,5 @@ def unpack(data: bytes) -> Any:
     except WireError:
         raise
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as err:
-        raise WireError(f"not a msgpack frame ({type(err).__name__}: {err})") from None
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise WireError(f"not a msgpack frame ({detail})") from None

@@ -3,7 +3,7 @@
 msgpack_numpy), replies are written back the same way (packed by openpi_client's own packer).
 
     driver.py golden CODE_FILE OUT_DIR          pack the objects CODE_FILE builds with openpi_client.msgpack_numpy
-    driver.py session PORT WORK N_REQ           the whole client session of tests/test_serve.py (see session())
+    driver.py session PORT WORK N_REQ OPENPI_PORT   the whole client session of tests/test_serve.py (see session())
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def _bad(uri: str, payload) -> dict:
     return got
 
 
-def session(port: str, work: str, n_req: str) -> None:
-    """1. metadata + serial replies to req-<i>.bin on one WebsocketClientPolicy (reply-<i>.bin);
+def session(port: str, work: str, n_req: str, openpi_port: str) -> None:
+    """0. metadata + the reply to req-0.bin from the `serve --openpi` server (openpi-reply-0.bin);
+    1. metadata + serial replies to req-<i>.bin on one WebsocketClientPolicy (reply-<i>.bin);
     2. bad requests, each on its own connection (bad-*.bin / the cases below), while that first client stays open;
     3. the first client is served again (reply-again-0.bin);
     4. load: 4 clients x 3 requests concurrently (load-<client>-<k>.bin + which request each was);
@@ -68,6 +69,9 @@ def session(port: str, work: str, n_req: str) -> None:
     reqs = [msgpack_numpy.unpackb((work / f"req-{i}.bin").read_bytes()) for i in range(n)]
     uri = f"ws://127.0.0.1:{port}"
     out: dict = {}
+    jax = WebsocketClientPolicy("127.0.0.1", int(openpi_port))
+    out["openpi_metadata"] = jax.get_server_metadata()
+    (work / "openpi-reply-0.bin").write_bytes(msgpack_numpy.packb(jax.infer(reqs[0])))
     good = WebsocketClientPolicy("127.0.0.1", int(port))
     out["metadata"] = good.get_server_metadata()
     for i, r in enumerate(reqs):
