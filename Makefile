@@ -9,7 +9,7 @@ OPENPI_SRC ?=
 OPENPI_PY ?= $(OPENPI_SRC)/.venv/bin/python
 OPENPI_COMMIT ?=
 
-.PHONY: setup test test-all demo goldens bench clean help matrix matrix-venvs canary lerobot-env browser
+.PHONY: setup test test-all demo goldens bench clean help matrix matrix-venvs canary lerobot-env openpi-client-env browser
 
 help:
 	@echo "make setup    create $(VENV) (Python 3.11) with pibridge[all] and the CPU torch wheel"
@@ -37,13 +37,17 @@ matrix-venvs: setup
 lerobot-env:
 	tools/lerobot_env.sh
 
+# OpenPI's real client (openpi-client, numpy<2) in its own Python 3.11 venv for the `pibridge serve` tests (cached)
+openpi-client-env:
+	tools/openpi_client_env.sh
+
 # Debian's chromium renders the HTML reports in tests/test_report.py (no browser download); quick when installed
 browser:
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
 	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }; } || \
 	  echo "make browser: could not install chromium (needs apt-get and root); the render test will be skipped" >&2
 
-test: setup matrix-venvs lerobot-env browser
+test: setup matrix-venvs lerobot-env openpi-client-env browser
 	$(BIN)/python -m pytest -q
 
 test-all: setup

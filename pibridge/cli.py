@@ -201,6 +201,41 @@ def fixes(
     command_fixes(transformers, lerobot, dtype, as_json=as_json)
 
 
+@app.command()
+def serve(
+    lerobot: Annotated[Optional[Path], typer.Option(help="Converted policy OUT (pibridge convert), served by the real LeRobot in its own environment (--lerobot-python, $PIBRIDGE_LEROBOT_PYTHON, or the .venvs/lr-0.6.1 that `make lerobot-env` builds).")] = None,
+    openpi: Annotated[Optional[Path], typer.Option(help="OpenPI checkpoint CKPT, served by pibridge's JAX stack with OpenPI's host transforms, in this Python (needs --profile and --tokenizer).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="With --openpi: the OpenPI config it was trained with (pibridge/configs/profiles), e.g. pi05_droid.")] = None,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed on start). OpenPI's serve_policy.py uses 8000.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface (OpenPI's default), 127.0.0.1 for this machine only.")] = "127.0.0.1",
+    default_prompt: Annotated[Optional[str], typer.Option(help="Prompt for requests without one (OpenPI serve_policy.py --default-prompt); without it such a request is refused unless the profile has a default.")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="With --openpi: PaliGemma's SentencePiece model.")] = None,
+    asset_id: Annotated[Optional[str], typer.Option(help="With --openpi: assets/<asset_id>/norm_stats.json (default: the profile's).")] = None,
+    precision: Annotated[str, typer.Option(**DTYPE, help="With --openpi: float32, or the JAX stack's bfloat16 policy." + DTYPE_HELP)] = "float32",
+    lerobot_python: Annotated[Optional[str], typer.Option(help="With --lerobot: the LeRobot environment's interpreter (lerobot[pi] + pibridge[serve]).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="With --lerobot: torch device (default: OUT's config.json `device`, else cpu).")] = None,
+    max_size: Annotated[float, typer.Option(help="Largest request in MiB; bigger frames are refused (close 1009). OpenPI sets no limit.")] = 64.0,
+    queue_size: Annotated[int, typer.Option(help="Requests waiting for the one model; more wait for a place.")] = 16,
+    fixes: Annotated[bool, typer.Option("--fixes/--no-fixes", help="With --lerobot: apply pibridge's runtime fixes to the loaded policy.")] = True,
+) -> None:
+    """Serve a policy over OpenPI's websocket protocol: OpenPI's own clients (openpi_client.WebsocketClientPolicy,
+    the ALOHA / DROID / LIBERO examples) connect unchanged.
+
+    \b
+    The server sends the policy metadata first (the profile's, e.g. ALOHA's reset_pose), then answers each
+    request (OpenPI's client dict for the profile's robot) with {"actions": (H, A) float64, "policy_timing",
+    "server_timing"}. GET /healthz answers OK. A request may carry "noise" (H, 32) float (pibridge extension) for
+    a replayable reply. A bad request gets a text frame naming the problem and its connection is closed; other
+    clients are unaffected. Ctrl-C stops it (exit 130)."""
+    from pibridge.serve.command import ServeRequest, serve_command
+
+    code = serve_command(ServeRequest(
+        lerobot=lerobot, openpi=openpi, profile=profile, host=host, port=port, default_prompt=default_prompt,
+        tokenizer=tokenizer, asset_id=asset_id, precision=precision_token(precision), lerobot_python=lerobot_python,
+        device=device, max_size_mb=max_size, queue_size=queue_size, fixes=fixes))
+    raise typer.Exit(code)
+
+
 parity_app = typer.Typer(name="parity", help="Prove numeric parity stage by stage: observations, captures, comparisons.",
                          no_args_is_help=True)
 app.add_typer(parity_app, name="parity")

@@ -29,7 +29,8 @@ class ParityFailure(PibridgeError):
 
 # An optional dependency's top-level module -> how to get it. One table for the CLI and the capture subprocesses.
 EXTRAS = {"jax": "jax", "jaxlib": "jax", "flax": "jax", "orbax": "jax", "optax": "jax", "chex": "jax",
-          "torch": "torch", "transformers": "torch", "tokenizers": "torch", "huggingface_hub": "torch"}
+          "torch": "torch", "transformers": "torch", "tokenizers": "torch", "huggingface_hub": "torch",
+          "websockets": "serve", "msgpack": "serve"}
 LEROBOT_HINT = ("run it with the interpreter of a LeRobot environment: `make lerobot-env` builds .venvs/lr-0.6.1, or "
                 "pass --torch-python / set PIBRIDGE_LEROBOT_PYTHON")
 

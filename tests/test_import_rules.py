@@ -42,6 +42,16 @@ def test_jax_side_never_imports_torch():
     assert "torch" not in loaded and "transformers" not in loaded
 
 
+def test_serve_imports_neither_jax_nor_torch():
+    """pibridge.serve's modules import their stack lazily: the LeRobot side never pulls jax, the JAX side no torch."""
+    import pibridge.serve
+
+    mods = _submodules(pibridge.serve)
+    assert {"pibridge.serve.wire", "pibridge.serve.policy", "pibridge.serve.server"} <= set(mods)
+    loaded = _modules_loaded_after("\n".join(f"import {m}" for m in mods))
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
+
+
 def test_help_is_lazy():
     loaded = _modules_loaded_after(
         "from pibridge.cli import app\n"

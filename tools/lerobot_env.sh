@@ -2,7 +2,8 @@
 # Build the real-LeRobot environments used by tests/lerobot and `pibridge parity capture --stack lerobot`.
 #
 #   .venvs/_torch      one shared torch/torchvision install (pip --target), reused by all three venvs via a .pth
-#   .venvs/lr-0.6.1    lerobot[pi]==0.6.1 (transformers 5.4/5.5) + pibridge's torch side (editable, no jax)
+#   .venvs/lr-0.6.1    lerobot[pi]==0.6.1 (transformers 5.4/5.5) + pibridge's torch side (editable, no jax) with its
+#                      [serve] extra (websockets, msgpack: `pibridge serve --lerobot` runs its server there)
 #   .venvs/lr-0.5.1    lerobot[pi]==0.5.1 + transformers==5.3.0 (the blog's closest installable setup)
 #   .venvs/lr-0.6.1-bare  lerobot[pi]==0.6.1 only: no pibridge, no plugin (what a user without pibridge has; the
 #                      "without the plugin" tests load converted OUTs there). Names ending in -bare get nothing else.
@@ -65,7 +66,7 @@ build_venv() {
   local site; site="$("$dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$(cd "$VENVS/_torch" && pwd)" > "$site/pibridge_shared_torch.pth"
   # shellcheck disable=SC2086
-  local own="-e ."; [ -z "$bare" ] || own=""
+  local own="-e .[serve]"; [ -z "$bare" ] || own=""
   # shellcheck disable=SC2086
   "$dir/bin/python" -m pip install -q --disable-pip-version-check $req $own
   "$dir/bin/python" - <<'PY'
@@ -89,7 +90,7 @@ install_plugin() {
 refresh_pibridge() {
   local dir="$VENVS/$1" key; key="pyproject:$(sha256sum pyproject.toml | cut -d' ' -f1)"
   stamp_ok "$dir/.pibridge-deps" "$key" 2>/dev/null && return 0
-  "$dir/bin/python" -m pip install -q --disable-pip-version-check -e .
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check -e ".[serve]"
   mkdir -p "$dir/.pibridge-deps" && echo "$key" > "$dir/.pibridge-deps/.pibridge-stamp"
 }
 

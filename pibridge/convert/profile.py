@@ -75,6 +75,8 @@ class Profile:
     adapt_to_pi: bool | None  # aloha joint flip + gripper conversion (aloha_policy.py)
     robot: str | None = None  # robot family (ROBOTS): AlohaInputs / DroidInputs / LiberoInputs; None = unknown
     openpi_config: str | None = None  # the upstream TrainConfig name, None for base profiles
+    # TrainConfig.policy_metadata (training/config.py:529): what OpenPI's server sends first (serve_policy.py:101-113)
+    policy_metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
     note: str = ""
     overrides: tuple[str, ...] = ()  # fields changed by flags (recorded in provenance)
     sources: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -159,7 +161,8 @@ def profile_from_dict(raw: Mapping[str, Any]) -> Profile:
         cameras=None if cams is None else tuple(_camera(c["slot"], c["source"]) for c in cams),
         delta_action_mask=None if mask is None else tuple(bool(m) for m in mask),
         norm=raw["norm"], asset_id=raw["asset_id"], default_prompt=raw["default_prompt"],
-        adapt_to_pi=raw["adapt_to_pi"], robot=raw.get("robot"), openpi_config=raw.get("openpi_config"), note=raw.get("note", ""),
+        adapt_to_pi=raw["adapt_to_pi"], robot=raw.get("robot"), openpi_config=raw.get("openpi_config"),
+        policy_metadata=dict(raw.get("policy_metadata") or {}), note=raw.get("note", ""),
         overrides=tuple(raw.get("overrides", ())), sources=raw.get("sources", {}),
     )
     _validate(prof)

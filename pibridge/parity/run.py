@@ -236,18 +236,19 @@ LEROBOT_PYTHON_ENV = "PIBRIDGE_LEROBOT_PYTHON"
 LEROBOT_VENV = Path(".venvs") / "lr-0.6.1" / "bin" / "python"  # what `make lerobot-env` builds
 
 
-def lerobot_python(given: str | None) -> str:
-    """The interpreter of the LeRobot environment: --torch-python, else $PIBRIDGE_LEROBOT_PYTHON, else the venv
-    `make lerobot-env` built (in the current directory or this checkout); it must import lerobot and pibridge."""
+def lerobot_python(given: str | None, flag: str = "--torch-python") -> str:
+    """The interpreter of the LeRobot environment: `flag` (--torch-python; `serve`: --lerobot-python), else
+    $PIBRIDGE_LEROBOT_PYTHON, else the venv `make lerobot-env` built (in the current directory or this checkout);
+    it must import lerobot and pibridge."""
     import os
 
     candidates = [given] if given else [os.environ.get(LEROBOT_PYTHON_ENV)] if os.environ.get(LEROBOT_PYTHON_ENV) \
         else [str(root / LEROBOT_VENV) for root in (Path.cwd(), Path(__file__).resolve().parents[2])
               if (root / LEROBOT_VENV).is_file()][:1]
-    how = ("--torch-python PATH (a Python 3.12 env with lerobot[pi] and pibridge), or set "
+    how = (f"{flag} PATH (a Python 3.12 env with lerobot[pi] and pibridge), or set "
            f"{LEROBOT_PYTHON_ENV}=PATH, or build one with `make lerobot-env` (.venvs/lr-0.6.1)")
     if not candidates:
-        raise PibridgeError("--torch-stack lerobot, but no LeRobot environment found (no --torch-python, no "
+        raise PibridgeError(f"no LeRobot environment found (no {flag}, no "
                             f"{LEROBOT_PYTHON_ENV}, no {LEROBOT_VENV})", "the interpreter of a LeRobot environment", how)
     py = candidates[0]
     probe = "import importlib.util as u, sys; sys.exit(sum(2 ** i for i, m in enumerate(('lerobot', 'pibridge')) " \
