@@ -159,7 +159,7 @@ def bin_flip(d: Path, prov, inputs, obs, state, base) -> dict:
 def run(d: Path, prov, inputs, obs, *, attn=None, cameras="mask", times=False):
     from pibridge.parity.stages import StageRecorder
     from pibridge.parity.trace import Trace
-    from pibridge.parity.transformers_stack import load_native, run_native
+    from pibridge.parity.stacks.transformers.model import load_native, run_native
 
     model, _ = load_native(d / "out", prov, steps=STEPS, attn=attn)
     if times:

@@ -165,13 +165,3 @@ def trace_meta(spec: GoldenSpec, precision: str, *, synth, obs_fingerprint: str,
             "observation_fingerprint": obs_fingerprint, "synth": asdict(spec), "profile": spec.profile,
             "dropped_stages": list(DROPPED_STAGES), "versions": {"jax": jax.__version__, "flax": flax.__version__},
             "host": host_info()}
-
-
-def jax_golden_stages(params, variant, inputs, noise, precision: str):
-    """Run the JAX stack recording every stage; returns (actions, stages without DROPPED_STAGES)."""
-    from pibridge.parity.jax_stack import run_policy
-    from pibridge.parity.stages import StageRecorder
-
-    rec = StageRecorder()
-    actions = run_policy(params, variant, inputs, noise, precision=precision, num_steps=NUM_STEPS, record=rec)
-    return actions, [s for s in rec if s.name not in DROPPED_STAGES]

@@ -19,7 +19,7 @@ from pibridge.convert.detect import shapes_of
 from pibridge.convert.lora import EXPERTS, LoraSetting, LoraTree, attn_scalings, resolve_settings, split_lora
 from pibridge.convert.tree import flatten, nest, openpi_tree_shapes
 from pibridge.errors import PibridgeError
-from pibridge.parity.jax_stack.precision import PrecisionPolicy
+from pibridge.parity.stacks.jax.precision import PrecisionPolicy
 
 Path = tuple[str, ...]
 
