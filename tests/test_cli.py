@@ -219,7 +219,7 @@ def test_help_names_the_lerobot_path(capsys):
     check = " ".join(_cli(capsys, "check", "--help")[1].split())
     assert "LeRobot environment" in check and ".venvs/lr-0.6.1/bin/pibridge check OUT" in check
     run = " ".join(_cli(capsys, "parity", "run", "--help")[1].split())
-    assert "--torch-stack [ours|lerobot]" in run and "PIBRIDGE_LEROBOT_PYTHON" in run
+    assert "--torch-stack [ours|lerobot|transformers]" in run and "PIBRIDGE_LEROBOT_PYTHON" in run  # the registry
     assert "is the conversion right?" in run  # which comparison answers which question
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from pibridge.configs import GemmaSize, Variant
 from pibridge.errors import PibridgeError
 from pibridge.parity.stacks.common import gemma_config, mmap_safetensors, paligemma_config
-from pibridge.parity.torch_stack import compat  # the fixes wing (moves to pibridge/fixes/)
+from pibridge.parity.torch_stack import compat
 
 # LeRobot keeps these parameter groups fp32 in its bf16 policy (modeling_pi05.py:244-265, v0.6.1).
 KEEP_FP32_SELECTORS = ("vision_tower", "multi_modal_projector", "input_layernorm", "post_attention_layernorm", "model.norm")
