@@ -56,7 +56,8 @@ def case(root: Path, model: str) -> dict:
     if model in _cases:
         return _cases[model]
     from pibridge.convert.convert import ConvertRequest, convert
-    from pibridge.parity.capture import CaptureRequest, capture, obs_command
+    from pibridge.parity.capture import capture, obs_command
+    from pibridge.parity.request import CaptureRequest
     from pibridge.parity.goldens import spec_for, write_checkpoint
 
     d = root / model
@@ -80,7 +81,8 @@ def work(tmp_path_factory):
 
 def capture_tf(c: dict, out: Path | None = None, name: str = "tf.safetensors") -> Path:
     """`parity capture --stack transformers` in this process (which runs pi05 in .venvs/tf-5.25.0)."""
-    from pibridge.parity.capture import CaptureRequest, capture
+    from pibridge.parity.capture import capture
+    from pibridge.parity.request import CaptureRequest
 
     return capture(CaptureRequest(stack="transformers", obs=c["obs"], out=c["dir"] / name, lerobot=out or c["out"],
                                   shared_inputs=c["inputs"], steps=STEPS)).out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pibridge.configs import GemmaSize, Variant
+from pibridge.configs import Variant
 from pibridge.errors import PibridgeError
 from pibridge.parity.stacks.common import gemma_config, mmap_safetensors, paligemma_config
 from pibridge.parity.torch_stack import compat
