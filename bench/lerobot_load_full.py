@@ -2,10 +2,10 @@
 
 For each model: `pibridge synth` (bf16), then for each LeRobot release `pibridge convert --lerobot-version V
 --weights-dtype bfloat16 --runtime-dtype bfloat16` and, in that release's venv (tools/lerobot_env.sh),
-`python -m pibridge.parity.lerobot_stack OUT - - --load-only`: the real `from_pretrained`, then pibridge compares
+LOAD_ONE (pibridge.parity.stacks.lerobot.loader.load_only): the real `from_pretrained`, then pibridge compares
 every tensor of OUT/model.safetensors with the loaded state dict (missing, unexpected, wrong shape, wrong value).
-`--mmap-weights`: LeRobot's loader gets a memory-mapped view of the file instead of safetensors' in-memory copy (same
-keys and bytes; LeRobot's own key fixing and load_state_dict run unchanged): LeRobot 0.5.1 otherwise peaks above
+`mmap_load_file()` first: LeRobot's loader gets a memory-mapped view of the file instead of safetensors' in-memory
+copy (same keys and bytes; LeRobot's own key fixing and load_state_dict run unchanged): LeRobot 0.5.1 otherwise peaks above
 the ~23 GiB of this machine for a full-size bf16 pi0 (OOM-killed at 23.3 GB anonymous RSS).
 One full model at a time (a LeRobot 0.6.1 bf16 load peaks at ~19 GB; 0.5.1 needs ~35-40 GB, i.e. swap on this
 machine: see the notes in the results); each OUT and checkpoint is deleted after use.
@@ -31,6 +31,8 @@ from synth_full import run_measured  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [str(ROOT / ".venv" / "bin" / "pibridge")]
 CAMS = ["--camera-map", "base_0_rgb=top,left_wrist_0_rgb=wrist"]
+LOAD_ONE = ("import json, sys; from pibridge.parity.stacks.lerobot import loader; loader.mmap_load_file(); "
+            "print(json.dumps(loader.load_only(sys.argv[1])))")
 
 
 def swap_used() -> int:
@@ -65,8 +67,7 @@ def load_one(ck: Path, out: Path, model: str, lerobot: str) -> dict:
     py = ROOT / ".venvs" / f"lr-{lerobot}" / "bin" / "python"
     swap_before = swap_used()
     with SwapPeak() as swap:
-        load_s, load_rss, printed = run_measured([str(py), "-m", "pibridge.parity.lerobot_stack", str(out), "-",
-                                                  "-", "--load-only", "--mmap-weights"])
+        load_s, load_rss, printed = run_measured([str(py), "-c", LOAD_ONE, str(out)])
     shutil.rmtree(out)
     row = json.loads(printed.strip().splitlines()[-1])
     row.update(model=model, lerobot_version=lerobot, weights_given_as="mmap", convert_s=round(convert_s, 1), convert_peak_rss=convert_rss,

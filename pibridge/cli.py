@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pibridge.parity.stacks import STACKS, torch_sides
 from pibridge.vocab import DEFAULT_LEROBOT_VERSION, DTYPES, canonical_dtype, exit_code_table, precision_token
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_code_table()
@@ -241,11 +242,10 @@ parity_app = typer.Typer(name="parity", help="Prove numeric parity stage by stag
 app.add_typer(parity_app, name="parity")
 
 
-class Stack(str, Enum):
-    jax = "jax"
-    torch = "torch"
-    lerobot = "lerobot"
-    transformers = "transformers"  # transformers' own PI0 / PI05 models (parity/transformers_stack.py)
+# every registered stack (pibridge.parity.stacks: data only, no stack imported) is a --stack / --torch-stack choice
+Stack = Enum("Stack", {name: name for name in STACKS}, type=str)
+TORCH_SIDES = torch_sides()
+TORCH_STACK_HELP = "Torch-side stack: " + "; ".join(f"{n} ({s.about})" for n, s in TORCH_SIDES.items()) + "."
 
 
 class Resize(str, Enum):
@@ -348,7 +348,7 @@ def parity_run(
     openpi: Annotated[Path, typer.Option(help="OpenPI checkpoint CKPT (step dir).")],
     lerobot: Annotated[Path, typer.Option(help="Converted LeRobot policy dir (pibridge convert).")],
     obs: Annotated[Optional[Path], typer.Option(help="Observation file (default: a synthetic one for OUT's profile).")] = None,
-    torch_stack: Annotated[str, typer.Option(metavar="[ours|lerobot]", help="Torch-side stack: ours (pibridge's LeRobot-structured model on the installed transformers, this Python) or lerobot (the real LeRobot policy and processors, in its own environment: --torch-python, $PIBRIDGE_LEROBOT_PYTHON, or the .venvs/lr-0.6.1 that `make lerobot-env` builds; tiny OUTs handled; --precision must match OUT's runtime dtype).")] = "ours",
+    torch_stack: Annotated[str, typer.Option(metavar="[" + "|".join(TORCH_SIDES) + "]", help=TORCH_STACK_HELP)] = "ours",
     precision: Annotated[str, typer.Option(**DTYPE, help="float32, or each stack's bfloat16 policy." + DTYPE_HELP)] = "float32",
     shared_preprocessing: Annotated[bool, typer.Option(help="Feed both models OpenPI's preprocessed tensors (model stages free of preprocessing differences).")] = False,
     resize: Annotated[Resize, typer.Option(help="Resize on the torch side (the preprocessing section always compares both).")] = Resize.openpi,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pibridge.parity.jax_stack import gemma, pi0, siglip
+from pibridge.parity.stacks.jax import gemma, pi0, siglip
 
 
 @contextlib.contextmanager

@@ -68,20 +68,20 @@ def _quiet_console():
 
 def long_inputs(variant: Variant, *, token_len: int = 200, prompt_lens=(190, 37), seed: int = 0):
     """Batch 2, 3 cameras (sample 1's right wrist masked), a long prompt: T = 768 + token_len positions."""
-    from pibridge.parity.jax_stack.testing import synthetic_inputs
+    from pibridge.parity.stacks.jax.testing import synthetic_inputs
 
     return synthetic_inputs(variant, list(prompt_lens), token_len, masked=[(1, 2)], seed=seed)
 
 
 def noise_for(batch: int, horizon: int, seed: int = 0) -> np.ndarray:
-    from pibridge.parity.jax_stack.testing import synthetic_noise
+    from pibridge.parity.stacks.jax.testing import synthetic_noise
 
     return synthetic_noise(batch, horizon, seed=seed)
 
 
 def jax_trace(case: Case, inputs, noise, precision: str, num_steps: int):
     from pibridge.convert.reader import open_checkpoint
-    from pibridge.parity.jax_stack import run_policy
+    from pibridge.parity.stacks.jax import run_policy
     from pibridge.parity.stages import StageRecorder
 
     rec = StageRecorder()
@@ -92,7 +92,7 @@ def jax_trace(case: Case, inputs, noise, precision: str, num_steps: int):
 
 def load_torch(case: Case, runtime_dtype: str, fixes: bool = True):
     from pibridge.fixes.runtime import apply_runtime_fixes
-    from pibridge.parity.torch_stack.model import load_policy
+    from pibridge.parity.stacks.torch.model import load_policy
 
     policy = load_policy(case.out, case.variant, runtime_dtype)
     if fixes:
@@ -102,7 +102,7 @@ def load_torch(case: Case, runtime_dtype: str, fixes: bool = True):
 
 def torch_trace(policy, inputs, noise, precision: str, num_steps: int, semantics: str = "0.6"):
     from pibridge.parity.stages import StageRecorder
-    from pibridge.parity.torch_stack.forward import sample_actions
+    from pibridge.parity.stacks.torch.forward import sample_actions
 
     rec = StageRecorder()
     sample_actions(policy, inputs, noise, num_steps=num_steps, recorder=rec, semantics=semantics)

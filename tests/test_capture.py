@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _parity_helpers import PROFILES, TOKENIZER, make_policy
@@ -10,9 +12,10 @@ from _parity_helpers import PROFILES, TOKENIZER, make_policy
 from pibridge.configs import load_variant
 from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
-from pibridge.parity.capture import CaptureRequest, capture, load_model_inputs, obs_command
+from pibridge.parity.capture import capture, obs_command
 from pibridge.parity.compare import Rule, compare
 from pibridge.parity.observation import load_observation
+from pibridge.parity.request import CaptureRequest, load_model_inputs
 from pibridge.parity.trace import read_trace
 
 MODEL_RULES = [Rule("input/*", "*", 0.0, 0.9999999), Rule("actions*", "*", 1e-4, 0.99999), Rule("*", "*", 1e9, 0.99999)]
@@ -80,6 +83,28 @@ def test_capture_errors(tmp_path):
         capture(CaptureRequest("torch", obs, tmp_path / "t", lerobot=tmp_path, precision="fp16"))
     with pytest.raises(PibridgeError, match="resize"):
         capture(CaptureRequest("torch", obs, tmp_path / "t", lerobot=tmp_path, resize="cv2"))
+
+
+def test_a_stack_whose_environment_is_missing_exits_2_with_the_command_that_builds_it(shared_traces, monkeypatch):
+    """Through the real command line: this venv has no LeRobot, so `--stack lerobot` stops before any work."""
+    import subprocess
+    import sys
+
+    from pibridge.parity.stacks import STACKS, StackSpec
+
+    _, root, _, rt = shared_traces
+    out, obs = rt.meta["checkpoint"]["path"], rt.meta["observation"]["path"]
+    p = subprocess.run([sys.executable, "-m", "pibridge.cli", "parity", "capture", "--stack", "lerobot", "--lerobot",
+                        out, "--obs", obs, "--out", str(root / "lr.trace")], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "the lerobot stack needs lerobot" in p.stderr and "build it: make lerobot-env" in p.stderr, p.stderr
+    assert not (root / "lr.trace").exists()
+    # any registered stack: its own env modules and command (the entry is never imported)
+    monkeypatch.setitem(STACKS, "other", StackSpec("other", "no_such_pkg.capture:run", ("no_such_module_pb",),
+                                                   "tools/build_other_env.sh", "lerobot"))
+    with pytest.raises(PibridgeError, match="no_such_module_pb") as err:
+        capture(CaptureRequest("other", Path(obs), root / "o.trace", lerobot=Path(out)))
+    assert "build it: tools/build_other_env.sh" in err.value.render() and err.value.exit_code == 2
 
 
 def test_obs_command_follows_the_profile(tmp_path):

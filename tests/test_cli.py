@@ -60,7 +60,8 @@ def test_unknown_dtype_is_a_usage_error(capsys, path, option, rest):
 
 
 def test_precision_policy_token_from_either_spelling(tmp_path):
-    from pibridge.parity.capture import CaptureRequest, _defaults
+    from pibridge.parity.capture import _defaults
+    from pibridge.parity.request import CaptureRequest
 
     for spelling in ("bfloat16", "bf16"):
         assert _defaults(CaptureRequest("jax", tmp_path / "o", tmp_path / "t", precision=spelling)).precision == "bf16"
@@ -199,7 +200,8 @@ def test_progress_per_phase_on_a_terminal_quiet_otherwise(monkeypatch):
 
 def test_every_stack_finds_outs_tokenizer(tmp_path):
     """The jax capture defaults to OUT's tokenizer too (--profile OUT), as the torch and lerobot captures do."""
-    from pibridge.parity.capture import CaptureRequest, _defaults
+    from pibridge.parity.capture import _defaults
+    from pibridge.parity.request import CaptureRequest
 
     out = tmp_path / "out"
     (out / "tokenizer").mkdir(parents=True)
@@ -217,7 +219,7 @@ def test_help_names_the_lerobot_path(capsys):
     check = " ".join(_cli(capsys, "check", "--help")[1].split())
     assert "LeRobot environment" in check and ".venvs/lr-0.6.1/bin/pibridge check OUT" in check
     run = " ".join(_cli(capsys, "parity", "run", "--help")[1].split())
-    assert "--torch-stack [ours|lerobot]" in run and "PIBRIDGE_LEROBOT_PYTHON" in run
+    assert "--torch-stack [ours|lerobot|transformers]" in run and "PIBRIDGE_LEROBOT_PYTHON" in run  # the registry
     assert "is the conversion right?" in run  # which comparison answers which question
 
 

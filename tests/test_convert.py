@@ -70,7 +70,7 @@ def test_convert_writes_a_complete_lerobot_dir_and_round_trips(ckpts, tmp_path, 
 
 def test_strict_load_into_installed_transformers_module_tree(ckpts, tmp_path):
     torch = pytest.importorskip("torch")
-    from pibridge.parity.torch_stack.model import load_policy
+    from pibridge.parity.stacks.torch.model import load_policy
 
     out = tmp_path / "out"
     convert(_req(ckpts["tiny-pi05"], out, weights_dtype="bfloat16", runtime_dtype="bfloat16"))

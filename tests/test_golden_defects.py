@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pibridge.parity import goldens as g
-from pibridge.parity.jax_stack.goldens import jax_golden_stages
+from pibridge.parity.stacks.jax.capture import golden_stages
 
 pytestmark = [pytest.mark.jax]
 GOLDEN_ROOT = Path(__file__).parent / "golden"
@@ -44,7 +44,7 @@ def test_defect_fails_golden_at_its_first_stage(name, variant, precision, params
     inputs, noise, _ = g.load_inputs(set_dir / spec.inputs_name)
     golden = read_trace(set_dir / spec.trace_name(precision))
     with patch() if patch else contextlib.nullcontext():
-        _, stages = jax_golden_stages(edit(params[variant]) if edit else params[variant], load_variant(variant),
+        _, stages = golden_stages(edit(params[variant]) if edit else params[variant], load_variant(variant),
                                         inputs, noise, precision)
     result = check_golden(g.case_name(spec, precision), golden, stages, golden_host=g.set_host(set_dir, golden))
     assert not result.passed, f"{name} went unnoticed"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pibridge.parity import goldens as g
-from pibridge.parity.jax_stack.goldens import jax_golden_stages
+from pibridge.parity.stacks.jax.capture import golden_stages
 from pibridge.parity.trace import read_trace
 
 pytestmark = [pytest.mark.jax, pytest.mark.torch]
@@ -110,7 +110,7 @@ def today(made):
         inputs, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
         params = open_checkpoint(made[spec.variant][0].out).read_tree()
         for precision in g.PRECISIONS:
-            out[spec.variant, precision] = jax_golden_stages(params, load_variant(spec.variant), inputs, noise,
+            out[spec.variant, precision] = golden_stages(params, load_variant(spec.variant), inputs, noise,
                                                                precision)[1]
     return out
 
@@ -135,8 +135,8 @@ def test_torch_stack_matches_golden_within_tolerances(case, made):
     from pibridge.parity.compare import compare
     from pibridge.fixes.runtime import apply_runtime_fixes
     from pibridge.parity.stages import StageRecorder
-    from pibridge.parity.torch_stack.forward import sample_actions
-    from pibridge.parity.torch_stack.model import load_policy
+    from pibridge.parity.stacks.torch.forward import sample_actions
+    from pibridge.parity.stacks.torch.model import load_policy
     from pibridge.parity.trace import Trace
 
     set_dir, spec, precision = case

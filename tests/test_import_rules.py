@@ -15,7 +15,8 @@ import pibridge.convert
 import pibridge.fixes
 import pibridge.parity
 
-TORCH_SIDE = ("torch_stack", "lerobot", "transformers_")  # parity modules allowed to import torch
+# parity modules allowed to import torch: the torch-side stacks, their shared helpers, the model of LeRobot's steps
+TORCH_SIDE = ("stacks.torch", "stacks.lerobot", "stacks.transformers", "stacks.common", "lerobot_preprocess")
 HEAVY = ("jax", "flax", "orbax", "torch", "transformers", "tensorstore")
 
 
@@ -86,10 +87,11 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 
 PACKAGE_ROOT = Path(pibridge.convert.__file__).resolve().parents[1]  # .../pibridge
-STACK_ROOTS = ("pibridge.parity.jax_stack", "pibridge.parity.torch_stack", "pibridge.parity.lerobot_stack",
-               "pibridge.parity.transformers_stack")  # each stack's home; the rest of parity/ is the core
+STACK_ROOTS = ("pibridge.parity.stacks.jax", "pibridge.parity.stacks.torch", "pibridge.parity.stacks.lerobot",
+               "pibridge.parity.stacks.transformers")  # each stack's home; the rest of parity/ is the core
+SHARED = ("pibridge.parity.stacks.common",)  # torch helpers two stacks share: any stack may import them
 FRAMEWORKS = ("jax", "jaxlib", "flax", "orbax", "torch", "lerobot")  # convert: transformers only for the best-effort tokenizer.json
-CLI_MODULE_LEVEL_OK = ("typer", "pibridge.vocab", "pibridge.errors")  # besides the standard library
+CLI_MODULE_LEVEL_OK = ("typer", "pibridge.vocab", "pibridge.errors")  # besides the standard library and the registry
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -135,6 +137,9 @@ def rule_violations(root: Path = PACKAGE_ROOT) -> list[str]:
         for imported, line, module_level in _imports(path, root):
             where = f"{path.relative_to(root.parent)}:{line}"
             mine, theirs = _within(me, STACK_ROOTS), _within(imported, STACK_ROOTS)
+            if me.startswith("pibridge.parity") and mine is None and _within(imported, SHARED) is not None \
+                    and _within(me, SHARED) is None:
+                theirs = "pibridge.parity.stacks.common"  # the shared helpers are stack code: not for the core
             broken = []
             if me.startswith("pibridge.convert"):
                 if imported.startswith("pibridge.parity"):
@@ -149,10 +154,12 @@ def rule_violations(root: Path = PACKAGE_ROOT) -> list[str]:
                 broken.append("the fixes wing imports nothing of parity")
             if me.startswith("pibridge.fixes") and imported.split(".")[0] in ("jax", "jaxlib", "flax", "orbax"):
                 broken.append("the fixes wing (torch side) never imports jax")
-            if mine == "pibridge.parity.jax_stack" and imported.startswith("pibridge.convert.lora_merge"):
+            if mine == "pibridge.parity.stacks.jax" and imported.startswith("pibridge.convert.lora_merge"):
                 broken.append("the JAX stack never imports convert's LoRA merge")
+            registry_name = imported.rpartition(".")[0] == "pibridge.parity.stacks" and \
+                _within(imported, STACK_ROOTS + SHARED) is None  # the registry's data (STACKS), no stack
             if me == "pibridge.cli" and module_level and imported.split(".")[0] in ("pibridge", *FRAMEWORKS) \
-                    and _within(imported, CLI_MODULE_LEVEL_OK) is None:
+                    and _within(imported, CLI_MODULE_LEVEL_OK) is None and not registry_name:
                 broken.append("the CLI imports lazily")
             found += [f"{where}: {b} ({imported})" for b in broken]
     return found
@@ -171,11 +178,13 @@ PLANTED = {  # the file to plant into, the line appended, the rule that must fir
                       "    return importlib.import_module('pibridge.parity.stages')\n", "convert never imports parity"),
     "framework": ("convert/reader.py", "def _planted():\n    import torch\n",
                   "convert never imports jax / torch / lerobot"),
-    "core-imports-stack": ("parity/compare.py", "def _planted():\n    from pibridge.parity.jax_stack import run_policy\n",
+    "core-imports-stack": ("parity/compare.py", "def _planted():\n    from pibridge.parity.stacks.jax import run_policy\n",
                            "the parity core imports no stack"),
-    "stack-imports-stack": ("parity/jax_stack/pi0.py", "def _planted():\n    from pibridge.parity import torch_stack\n",
+    "stack-imports-stack": ("parity/stacks/jax/pi0.py", "def _planted():\n    from pibridge.parity.stacks import torch\n",
                             "a stack imports no other stack"),
-    "jax-lora-merge": ("parity/jax_stack/params.py", "def _planted():\n    from pibridge.convert import lora_merge\n",
+    "relative-stack-import": ("parity/stacks/lerobot/loader.py", "def _planted():\n    from ..torch import model\n",
+                              "a stack imports no other stack"),
+    "jax-lora-merge": ("parity/stacks/jax/params.py", "def _planted():\n    from pibridge.convert import lora_merge\n",
                        "the JAX stack never imports convert's LoRA merge"),
     "fixes-imports-parity": ("fixes/guard.py", "def _planted():\n    from pibridge.parity import stages\n",
                              "the fixes wing imports nothing of parity"),

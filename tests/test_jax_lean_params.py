@@ -12,8 +12,8 @@ import pytest
 from pibridge.configs import load_variant
 from pibridge.convert.reader import open_checkpoint
 from pibridge.convert.synth import write_synthetic_checkpoint
-from pibridge.parity.jax_stack import get_policy, prepare_params, run_policy
-from pibridge.parity.jax_stack.testing import synthetic_inputs, synthetic_noise
+from pibridge.parity.stacks.jax import get_policy, prepare_params, run_policy
+from pibridge.parity.stacks.jax.testing import synthetic_inputs, synthetic_noise
 from pibridge.parity.stages import StageRecorder
 
 pytestmark = [pytest.mark.jax]
@@ -64,7 +64,7 @@ def test_capture_fingerprints_the_checkpoint_while_loading_it(tmp_path):
     """A checkpoint without a recorded fingerprint (a real one) is hashed as prepare_params reads its leaves, with
     the same result as the separate pass `OpenPICheckpoint.fingerprint()` makes, and the same params."""
     from pibridge.convert.fingerprint import Fingerprint
-    from pibridge.parity.jax_capture import fingerprinting
+    from pibridge.parity.stacks.jax.capture import fingerprinting
 
     write_synthetic_checkpoint(tmp_path / "ck", variant="tiny-pi0", seed=1, dtype="bfloat16", profile="pi0_droid",
                                asset_id="droid")

@@ -15,8 +15,8 @@ from pibridge.configs import load_variant
 from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
 from pibridge.parity.inputs import ModelInputs
-from pibridge.parity.jax_stack import euler_times, get_policy, prepare_params, run_policy
-from pibridge.parity.jax_stack.testing import synthetic_inputs, synthetic_noise, synthetic_params
+from pibridge.parity.stacks.jax import euler_times, get_policy, prepare_params, run_policy
+from pibridge.parity.stacks.jax.testing import synthetic_inputs, synthetic_noise, synthetic_params
 from pibridge.parity.stages import StageRecorder
 
 pytestmark = pytest.mark.jax
@@ -190,7 +190,7 @@ def test_bad_input_is_reported(case):
 
 def test_training_layout_and_extra_leaves(case):
     """A {"params": ...} root and trailing "value" keys are accepted (model.py:327-331); a lone LoRA factor is not."""
-    from pibridge.parity.jax_stack.params import flatten, nest
+    from pibridge.parity.stacks.jax.params import flatten, nest
 
     flat = flatten(case.params)
     wrapped = {"params": nest({p + ("value",): a for p, a in flat.items()})}

@@ -47,7 +47,7 @@ def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
     from pibridge.configs import load_variant
     from pibridge.convert.detect import detect
     from pibridge.convert.reader import open_checkpoint
-    from pibridge.parity.jax_stack import run_policy
+    from pibridge.parity.stacks.jax import run_policy
     from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess
     from pibridge.tokenizer import load_tokenizer
 
@@ -97,7 +97,7 @@ def test_out_without_the_plugin_fails_naming_the_package(work):
     if not py.exists():
         pytest.skip("no .venvs/lr-0.6.1-bare (LeRobot without the pibridge plugin)")
     _, _, out, _, _ = _setup(work, "pi05_aloha")
-    code = ("import sys; from pibridge.parity.lerobot_tiny import apply; apply()\n"
+    code = ("import sys; from pibridge.parity.stacks.lerobot.tiny import apply; apply()\n"
             "from lerobot.policies.factory import make_pre_post_processors\n"
             "from lerobot.policies.pi05.configuration_pi05 import PI05Config\n"
             "from lerobot.configs.policies import PreTrainedConfig\n"
@@ -122,7 +122,7 @@ def test_default_prompt_and_cleaning_on_real_lerobot(work):
     ck = h.make_ckpt(work, "pi0", "pi0_aloha_sim", asset="trossen")
     out = h.make_tiny_out(work, "pi0", "0.6.1", "float32", profile="pi0_aloha_sim", camera_map="base_0_rgb=cam_high",
                           ckpt=ck)
-    code = ("import json, torch\nfrom pibridge.parity.lerobot_tiny import apply; apply()\n"
+    code = ("import json, torch\nfrom pibridge.parity.stacks.lerobot.tiny import apply; apply()\n"
             "from lerobot.configs.policies import PreTrainedConfig\n"
             "from lerobot.policies.factory import make_pre_post_processors\n"
             f"out = {str(out)!r}\n"

@@ -1,7 +1,8 @@
 """The real LeRobot (0.6.1 and 0.5.1, venvs from `make lerobot-env`) runs pibridge-converted tiny pi05 / pi0.
 
-Each LeRobot run is a subprocess (`python -m pibridge.parity.lerobot_stack`, Python 3.12 venv) with the test-only
-tiny-variant patch (tests/lerobot/tiny_patch.py: configuration values only, its docstring lists the diff). The JAX
+Each LeRobot run is a subprocess (`python -m pibridge.cli parity capture --stack lerobot`, Python 3.12 venv), which
+applies the tiny-variant patch to these tiny OUTs itself (pibridge/parity/stacks/lerobot/tiny.py: configuration values
+only, its docstring lists the diff). The JAX
 stack runs here, in the project venv, on OpenPI's host preprocessing of the same observation (224x224 cameras, so
 both stacks see identical pixels; batch 1; pi05_droid / pi0_droid profiles: right wrist slot empty = last, so no
 stage differs by design). Skips when a venv is absent, fails instead when CI=true.
@@ -39,7 +40,7 @@ def jax_side(work: Path, model: str, precision: str) -> Path:
         out = h.make_tiny_out(work, model, "0.6.1", "float32")
         obs, _ = h.observation(work, model)
         trace = work / f"jax-{model}-{precision}.safetensors"
-        h.jax_trace(h.make_ckpt(work, model), out, obs, precision, trace, npz=work / f"mi-{model}-{precision}.npz")
+        h.jax_trace(h.make_ckpt(work, model), out, obs, precision, trace, npz=work / f"mi-{model}-{precision}.safetensors")
         _jax[key] = trace
     return _jax[key]
 
@@ -100,7 +101,7 @@ def test_model_inputs_mode(work):
     out = h.make_tiny_out(work, "pi05", "0.6.1", "float32")
     _, obs_path = h.observation(work, "pi05")
     trace = work / "lr-pi05-0.6.1-float32-fix-mi.safetensors"
-    summary = h.lerobot_capture("lr-0.6.1", out, obs_path, trace, model_inputs=work / "mi-pi05-float32.npz",
+    summary = h.lerobot_capture("lr-0.6.1", out, obs_path, trace, model_inputs=work / "mi-pi05-float32.safetensors",
                                 progress=True)
     table, meta = h.stage_table(jax_side(work, "pi05", "float32"), trace)
     assert meta["inputs"] == "model_inputs"
@@ -121,7 +122,7 @@ def test_bf16_runtime_fixes(work, model, lerobot):
     from pibridge.parity.trace import read_trace
 
     ref, base = (read_trace(jax_side(work, model, p)) for p in ("float32", "bf16"))
-    inputs = work / f"mi-{model}-float32.npz"
+    inputs = work / f"mi-{model}-float32.safetensors"
     res = {}
     for fixes in (True, False):
         _, trace, _ = run_lerobot(work, model, lerobot, "bfloat16", fixes=fixes, model_inputs=inputs)
@@ -153,8 +154,8 @@ def test_incomplete_load_exits_2_naming_keys(work):
         t.pop("model.action_out_proj.bias")
         save_file(t, str(bad / "model.safetensors"), metadata={"format": "pt"})
     _, obs_path = h.observation(work, "pi05")
-    cmd = [str(h.venv_python("lr-0.6.1")), "-m", "pibridge.parity.lerobot_stack", str(bad), str(obs_path),
-           str(work / "never.safetensors"), "--preload", str(h.TINY_PATCH)]
+    cmd = [str(h.venv_python("lr-0.6.1")), "-m", "pibridge.cli", "parity", "capture", "--stack", "lerobot",
+           "--lerobot", str(bad), "--obs", str(obs_path), "--out", str(work / "never.safetensors")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=h.ROOT, timeout=600)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "model.action_out_proj.bias" in p.stderr and "1 missing" in p.stderr
@@ -162,7 +163,7 @@ def test_incomplete_load_exits_2_naming_keys(work):
 
 
 def test_not_comparable_by_design():
-    from pibridge.parity.lerobot_stack import not_comparable
+    from pibridge.parity.stacks.lerobot.batches import not_comparable
 
     slots = ["base_0_rgb", "left_wrist_0_rgb"]
     assert not_comparable(np.ones((2, 2), bool), slots, ["right_wrist_0_rgb"]) == {}
@@ -219,7 +220,7 @@ def test_blog_setup_lerobot_051_bf16_aloha(work):
     from pibridge.parity.allowance import compare_allowance
     from pibridge.parity.trace import read_trace
 
-    jax, npz = work / "jax-blog-bf16.safetensors", work / "mi-blog.npz"
+    jax, npz = work / "jax-blog-bf16.safetensors", work / "mi-blog.safetensors"
     h.jax_trace(ck, out, obs, "bf16", jax, npz=npz, asset="trossen")
     h.jax_trace(ck, out, obs, "float32", work / "jax-blog-f32.safetensors", asset="trossen")
     ref, base = read_trace(work / "jax-blog-f32.safetensors"), read_trace(jax)

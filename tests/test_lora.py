@@ -187,7 +187,7 @@ DEFECTS = [  # (name, patched attribute of lora_merge, replacement, first failin
 def parity_case(tmp_path_factory):
     """Rank 4 alpha 8 on both experts: PaliGemma with rsLoRA (attention scaling 8/sqrt(4) = 4; the defects fail in
     its stages first), the action expert without (8/4 = 2; proven by the expert stages of the passing parity)."""
-    from pibridge.parity.jax_stack.testing import synthetic_inputs, synthetic_noise
+    from pibridge.parity.stacks.jax.testing import synthetic_inputs, synthetic_noise
 
     root = tmp_path_factory.mktemp("r4a8")
     ck = _synth(root / "ck", rank={0: 4, 1: 4}, alpha={0: 8.0, 1: 8.0}, rslora={0: True, 1: False}).out
@@ -201,7 +201,7 @@ def parity_case(tmp_path_factory):
 
 def _jax_trace(ck, variant, inputs, noise, precision):
     import _parity_cases as pc
-    from pibridge.parity.jax_stack import run_policy
+    from pibridge.parity.stacks.jax import run_policy
     from pibridge.parity.stages import StageRecorder
 
     rec = StageRecorder()
@@ -220,7 +220,7 @@ def _torch_trace(case, out, dtype="float32"):
 def test_jax_stack_never_imports_the_merge():
     """The unmerged forward is the JAX stack's own (gemma.py: lora.Einsum / lora.FeedForward), never convert's merge;
     that it applies the factors at all is proven by the dropped-leaves defect (fails at llm/kv00/k)."""
-    code = "import pibridge.parity.jax_stack, sys; print('pibridge.convert.lora_merge' in sys.modules)"
+    code = "import pibridge.parity.stacks.jax, sys; print('pibridge.convert.lora_merge' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -261,7 +261,7 @@ def test_merge_defect_fails_at_its_first_stage(parity_case, defect, monkeypatch)
 def test_inverse_map_gives_the_merged_base_tree(both):
     """LeRobot -> OpenPI after a LoRA merge is the merged base tree (no factors), bit for bit in float32."""
     from pibridge.convert.plan import convert_tree, inverse_convert
-    from pibridge.parity.jax_stack.params import flatten
+    from pibridge.parity.stacks.jax.params import flatten
 
     flat = flatten(open_checkpoint(both).read_tree())
     det = detect({p: a.shape for p, a in flat.items()})

@@ -96,7 +96,7 @@ def test_rows_fold_variants_and_markdown_renders():
 
 def test_load_policy_refuses_an_unsupported_release(monkeypatch, tmp_path):
     from pibridge.configs import load_variant
-    from pibridge.parity.torch_stack import model
+    from pibridge.parity.stacks.torch import model
 
     monkeypatch.setattr(shims, "transformers_version", lambda: "4.52.4")
     with pytest.raises(PibridgeError, match="4.53 through 5.25.x"):

@@ -14,7 +14,8 @@ import pytest
 from _parity_helpers import TOKENIZER
 
 from pibridge.errors import ParityFailure, PibridgeError
-from pibridge.parity.capture import CaptureRequest, capture, obs_command
+from pibridge.parity.capture import capture, obs_command
+from pibridge.parity.request import CaptureRequest
 from pibridge.parity.run import compare_command
 
 STEPS = 2

@@ -13,7 +13,8 @@ import pytest
 from _parity_helpers import TOKENIZER, make_policy
 
 from pibridge.errors import ParityFailure, PibridgeError
-from pibridge.parity.capture import CaptureRequest, capture, obs_command
+from pibridge.parity.capture import capture, obs_command
+from pibridge.parity.request import CaptureRequest
 from pibridge.parity.run import (PreprocessingParity, RunRequest, capture_argv, compare_command, preprocessing_parity,
                                  run)
 
@@ -50,18 +51,18 @@ def test_compare_exits_1_on_a_broken_tolerance(traces):
     with pytest.raises(ParityFailure, match="first diverging stage actions"):
         compare_command(a, b, tolerances=root / "broken.json", json_out=root / "f.json")
     assert json.loads((root / "f.json").read_text())["first_diverging"] == "actions"
-    proc = subprocess.run([sys.executable, "-m", "pibridge.parity.run", "compare", str(a), str(b), "--tolerances",
+    proc = subprocess.run([sys.executable, "-m", "pibridge.cli", "parity", "compare", str(a), str(b), "--tolerances",
                            str(root / "broken.json")], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     assert "first diverging stage: actions" in proc.stdout.replace("\n", " ")
-    ok = subprocess.run([sys.executable, "-m", "pibridge.parity.run", "compare", str(a), str(b), "--tolerances",
+    ok = subprocess.run([sys.executable, "-m", "pibridge.cli", "parity", "compare", str(a), str(b), "--tolerances",
                          str(root / "loose.json")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
 
 
 def test_compare_bad_input_exits_2(traces, tmp_path):
     root, *_, a, b = traces
-    proc = subprocess.run([sys.executable, "-m", "pibridge.parity.run", "compare", str(a), str(tmp_path / "none"),
+    proc = subprocess.run([sys.executable, "-m", "pibridge.cli", "parity", "compare", str(a), str(tmp_path / "none"),
                            "--tolerances", str(root / "loose.json")], capture_output=True, text=True)
     assert proc.returncode == 2 and "not found" in proc.stderr
 
@@ -86,15 +87,16 @@ def test_preprocessing_parity_from_both_records(traces):
 def test_capture_argv_and_bad_torch_stack(traces):
     root, ck, out, obs, *_ = traces
     argv = capture_argv("py", "torch", obs, root / "t", lerobot=out, shared_inputs=None, no_fixes=True, steps=3)
-    assert argv[:4] == ["py", "-m", "pibridge.parity.run", "capture"]
+    assert argv[:5] == ["py", "-m", "pibridge.cli", "parity", "capture"]  # the one command line
     assert "--no-fixes" in argv and "--shared-inputs" not in argv and argv[-2:] == ["--steps", "3"]
-    with pytest.raises(PibridgeError, match="torch-stack"):
+    with pytest.raises(PibridgeError, match="torch-stack nope") as err:
         run(RunRequest(openpi=ck, lerobot=out, torch_stack="nope", tolerances=root / "loose.json"))
+    assert "one of ours, lerobot, transformers" in err.value.render()  # the registry's torch sides
 
 
 def test_run_subprocesses_shared_preprocessing(traces):
     root, ck, out, obs, *_ = traces
-    cmd = [sys.executable, "-m", "pibridge.parity.run", "run", "--openpi", str(ck), "--lerobot", str(out),
+    cmd = [sys.executable, "-m", "pibridge.cli", "parity", "run", "--openpi", str(ck), "--lerobot", str(out),
            "--obs", str(obs), "--shared-preprocessing", "--steps", "2", "--tolerances", str(root / "loose.json"),
            "--html", str(root / "run.html"), "--json", str(root / "run.json"), "--workdir", str(root / "w")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -126,7 +128,7 @@ def test_run_real_lerobot_stack_in_its_own_interpreter(traces):
     rep = json.loads((root / "lr.json").read_text())
     acts = next(s for s in rep["stages"] if s["name"] == "actions")
     assert acts["status"] == "pass" and acts["metrics"]["max_abs"] <= 1e-4
-    assert any(n.startswith("B: lerobot stack") and "pibridge.parity.lerobot_tiny" in n for n in rep["notes"])
+    assert any(n.startswith("B: lerobot stack") and "pibridge.parity.stacks.lerobot.tiny" in n for n in rep["notes"])
     assert any(n.startswith("comparison: shared preprocessing") for n in rep["notes"])
     assert str(LR_PYTHON) in proc.stdout  # the capture ran in the LeRobot interpreter
     # a precision LeRobot would silently ignore (OUT computes in float32) is refused before any capture
@@ -136,7 +138,7 @@ def test_run_real_lerobot_stack_in_its_own_interpreter(traces):
 
 
 def test_lerobot_interpreter_is_found_or_explained(monkeypatch, tmp_path):
-    from pibridge.parity import run as run_mod
+    from pibridge.parity.stacks.lerobot import capture as run_mod
 
     monkeypatch.delenv(run_mod.LEROBOT_PYTHON_ENV, raising=False)
     monkeypatch.setattr(run_mod, "LEROBOT_VENV", Path("no-such-venv") / "bin" / "python")

@@ -21,7 +21,7 @@ TOKENIZER = ROOT / "tests" / "data" / "test_spm.model"
 STEPS = 3
 def _pi0_release() -> str:
     """This venv's transformers when its native PI0 loads LeRobot files (>= 5.24: runs in-process), else 5.24.0."""
-    from pibridge.parity.transformers_capture import installed_transformers
+    from pibridge.parity.stacks.transformers.capture import installed_transformers
 
     v = installed_transformers() or "0"
     return v if tuple(int(x) for x in v.split(".")[:2] if x.isdigit()) >= (5, 24) else "5.24.0"
@@ -36,7 +36,7 @@ ACTIONS_MAX_ABS = 2e-3
 
 
 def _tf_python(version: str) -> Path | None:
-    from pibridge.parity.transformers_capture import installed_transformers, venv_python
+    from pibridge.parity.stacks.transformers.capture import installed_transformers, venv_python
 
     if installed_transformers() == version:
         return None  # runs in this process
@@ -56,7 +56,8 @@ def case(root: Path, model: str) -> dict:
     if model in _cases:
         return _cases[model]
     from pibridge.convert.convert import ConvertRequest, convert
-    from pibridge.parity.capture import CaptureRequest, capture, obs_command
+    from pibridge.parity.capture import capture, obs_command
+    from pibridge.parity.request import CaptureRequest
     from pibridge.parity.goldens import spec_for, write_checkpoint
 
     d = root / model
@@ -80,7 +81,8 @@ def work(tmp_path_factory):
 
 def capture_tf(c: dict, out: Path | None = None, name: str = "tf.safetensors") -> Path:
     """`parity capture --stack transformers` in this process (which runs pi05 in .venvs/tf-5.25.0)."""
-    from pibridge.parity.capture import CaptureRequest, capture
+    from pibridge.parity.capture import capture
+    from pibridge.parity.request import CaptureRequest
 
     return capture(CaptureRequest(stack="transformers", obs=c["obs"], out=c["dir"] / name, lerobot=out or c["out"],
                                   shared_inputs=c["inputs"], steps=STEPS)).out
@@ -195,7 +197,7 @@ def test_planted_numeric_defect_fails_at_its_stage(work):
 
 
 def test_native_key_rename_table():
-    from pibridge.parity.transformers_stack import native_key
+    from pibridge.parity.stacks.transformers.model import native_key
 
     pg = "model.paligemma_with_expert.paligemma.model."
     assert native_key(pg + "vision_tower.embeddings.patch_embedding.weight") == \
@@ -222,7 +224,7 @@ def test_cli_offers_the_stack(tmp_path):
 
 def test_missing_venv_names_the_build_command(monkeypatch):
     from pibridge.errors import PibridgeError
-    from pibridge.parity import transformers_capture as tc
+    from pibridge.parity.stacks.transformers import capture as tc
 
     monkeypatch.setattr(tc, "PROJECT_ROOT", Path("/nonexistent"))
     monkeypatch.delenv(tc.VENVS_ENV, raising=False)

@@ -303,8 +303,8 @@ def check_jax(cases: dict[str, Path], traces: Path | None = None) -> list[dict]:
     import jax
 
     import matrix
-    from pibridge.parity.jax_stack import run_policy
-    from pibridge.parity.jax_stack.params import nest
+    from pibridge.parity.stacks.jax import run_policy
+    from pibridge.parity.stacks.jax.params import nest
     from pibridge.parity.stages import StageRecorder
     from pibridge.parity.trace import Trace, write_trace
 

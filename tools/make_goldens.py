@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pibridge.parity import goldens as g  # noqa: E402
-from pibridge.parity.jax_stack.goldens import jax_golden_stages  # noqa: E402
+from pibridge.parity.stacks.jax.capture import golden_stages  # noqa: E402
 
 TOKENIZER = REPO / "tests" / "data" / "test_spm.model"
 
@@ -78,7 +78,7 @@ def make_variant(args, spec: g.GoldenSpec, commit: str, work: Path, staged: Path
     params, variant = open_checkpoint(synth.out).read_tree(), load_variant(spec.variant)
     rows = []
     for precision in g.PRECISIONS:
-        ours, stages = jax_golden_stages(params, variant, inputs, noise, precision)
+        ours, stages = golden_stages(params, variant, inputs, noise, precision)
         ref = openpi_actions(args, synth.out, staged / spec.inputs_name, spec.variant, precision, work)
         max_abs = float(np.max(np.abs(ours.astype(np.float64) - ref)))
         cos = float(np.dot(ours.ravel(), ref.ravel()) / (np.linalg.norm(ours) * np.linalg.norm(ref)))

@@ -74,7 +74,7 @@ def variant_from_dict(d: dict):
 
 def case_inputs(variant):
     """B=2: prompts of 37 and 12 tokens (pi05 max 200, pi0 48 as OpenPI), sample 1's third camera masked."""
-    from pibridge.parity.jax_stack.testing import synthetic_inputs, synthetic_noise
+    from pibridge.parity.stacks.jax.testing import synthetic_inputs, synthetic_noise
 
     inputs = synthetic_inputs(variant, [37, 12], 200 if variant.pi05 else 48, masked=[(1, 2)])
     return inputs, synthetic_noise(2, 10, variant.action_dim)
@@ -83,7 +83,7 @@ def case_inputs(variant):
 def synthetic_flat_params(variant, seed: int = 0, sharp: float = 1.8) -> dict:
     """OpenPI-layout flat {path: float32 array} for any Variant (the JAX stack's hash formula, by path)."""
     from pibridge.convert.tree import openpi_tree_shapes
-    from pibridge.parity.jax_stack.testing import _leaf
+    from pibridge.parity.stacks.jax.testing import _leaf
 
     return {p: _leaf(p, s, seed, sharp) for p, s in openpi_tree_shapes(variant).items()}
 
@@ -96,8 +96,8 @@ def make_case(variant, dest: Path, *, seed: int = 0, sharp: float = 1.8) -> Path
 
     from pibridge.convert.detect import Detection
     from pibridge.convert.plan import convert_tree
-    from pibridge.parity.jax_stack import run_policy
-    from pibridge.parity.jax_stack.params import nest
+    from pibridge.parity.stacks.jax import run_policy
+    from pibridge.parity.stacks.jax.params import nest
     from pibridge.parity.stages import StageRecorder
     from pibridge.parity.trace import write_trace
 
@@ -187,8 +187,8 @@ def capture(case: Path, lerobot: str, dtype: str, fixes: bool, exact: bool = Fal
     from pibridge.fixes.runtime import apply_runtime_fixes
     from pibridge.fixes.table import embedding_semantics
     from pibridge.parity.stages import StageRecorder
-    from pibridge.parity.torch_stack.forward import sample_actions
-    from pibridge.parity.torch_stack.model import load_policy
+    from pibridge.parity.stacks.torch.forward import sample_actions
+    from pibridge.parity.stacks.torch.model import load_policy
     from pibridge.parity.trace import Trace
 
     variant, inputs, noise, _, num_steps = loaded or load_case(case)
@@ -222,7 +222,8 @@ def stage_detail(ref, trace, inputs) -> dict:
 def layout_job(case: Path, loaded) -> dict:
     """Load OUT (<= 5.5 SigLIP keys) without and with the key adaptation: {adapt: error or None}."""
     from pibridge.errors import PibridgeError
-    from pibridge.parity.torch_stack.model import mmap_safetensors, policy_from_tensors
+    from pibridge.parity.stacks.common import mmap_safetensors
+    from pibridge.parity.stacks.torch.model import policy_from_tensors
 
     res = {}
     for adapt in (False, True):

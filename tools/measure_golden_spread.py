@@ -57,7 +57,7 @@ def capture(out: Path, golden: Path, ckpts: Path, eager: bool) -> None:
     from pibridge.configs import load_variant
     from pibridge.convert.reader import open_checkpoint
     from pibridge.parity import goldens as g
-    from pibridge.parity.jax_stack.goldens import jax_golden_stages
+    from pibridge.parity.stacks.jax.capture import golden_stages
     from pibridge.parity.trace import write_trace
 
     for spec in g.SPECS:
@@ -69,9 +69,9 @@ def capture(out: Path, golden: Path, ckpts: Path, eager: bool) -> None:
         for p in g.PRECISIONS:
             if eager:
                 with jax.disable_jit():
-                    _, stages = jax_golden_stages(params, load_variant(spec.variant), inputs, noise, p)
+                    _, stages = golden_stages(params, load_variant(spec.variant), inputs, noise, p)
             else:
-                _, stages = jax_golden_stages(params, load_variant(spec.variant), inputs, noise, p)
+                _, stages = golden_stages(params, load_variant(spec.variant), inputs, noise, p)
             write_trace(out / spec.trace_name(p), stages, {"precision": p})
 
 

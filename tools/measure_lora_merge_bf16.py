@@ -29,9 +29,9 @@ def main(argv=None) -> int:
     from pibridge.convert.plan import convert_tree, inverse_convert
     from pibridge.convert.reader import open_checkpoint
     from pibridge.convert.synth import LoraRequest, write_synthetic_checkpoint
-    from pibridge.parity.jax_stack import get_policy, prepare_params, run_policy
-    from pibridge.parity.jax_stack.params import flatten, nest
-    from pibridge.parity.jax_stack.testing import synthetic_inputs, synthetic_noise
+    from pibridge.parity.stacks.jax import get_policy, prepare_params, run_policy
+    from pibridge.parity.stacks.jax.params import flatten, nest
+    from pibridge.parity.stacks.jax.testing import synthetic_inputs, synthetic_noise
     from pibridge.parity.stages import StageRecorder
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -36,7 +36,8 @@ STEPS = 10
 
 def prepare(d: Path, model: str, transformers: str) -> None:
     from pibridge.convert.convert import ConvertRequest, convert
-    from pibridge.parity.capture import CaptureRequest, capture, obs_command
+    from pibridge.parity.capture import capture, obs_command
+    from pibridge.parity.request import CaptureRequest
     from pibridge.parity.goldens import spec_for, write_checkpoint
 
     d.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ def bin_flip(d: Path, prov, inputs, obs, state, base) -> dict:
 def run(d: Path, prov, inputs, obs, *, attn=None, cameras="mask", times=False):
     from pibridge.parity.stages import StageRecorder
     from pibridge.parity.trace import Trace
-    from pibridge.parity.transformers_stack import load_native, run_native
+    from pibridge.parity.stacks.transformers.model import load_native, run_native
 
     model, _ = load_native(d / "out", prov, steps=STEPS, attn=attn)
     if times:
@@ -195,7 +196,7 @@ def measure(d: Path) -> dict:
     import transformers
 
     from pibridge.provenance import load_provenance
-    from pibridge.parity.capture import load_model_inputs
+    from pibridge.parity.request import load_model_inputs
     from pibridge.parity.observation import load_observation
     from pibridge.parity.trace import read_trace
 

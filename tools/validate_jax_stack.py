@@ -12,7 +12,7 @@ OpenPI hard-codes So400m/14 at pi0.py:84) and each precision:
         policy_config.py:57) and default matmul precision, against run_policy(precision="bf16").
 It prints max-abs and cosine of the actions (and of the prefix embeddings and KV cache on valid rows), the
 bf16 round-off scale (OpenPI bf16 vs OpenPI float32), timings, and exits 1 if a float32 max-abs > --tol.
-Params: a deterministic formula (pibridge.parity.jax_stack.testing) or --ckpt PATH (e.g. from `pibridge synth`)
+Params: a deterministic formula (pibridge.parity.stacks.jax.testing) or --ckpt PATH (e.g. from `pibridge synth`)
 read with pibridge's reader (pibridge.convert.reader.open_checkpoint(PATH).read_tree()) when that module
 exists, else with orbax here. A bf16 run passes when its actions are within --bf16-frac of the bf16 round-off
 scale (max-abs of OpenPI bf16 vs OpenPI float32).
@@ -62,7 +62,7 @@ def _check_tree_matches(variant, model) -> None:
     from flax import nnx
 
     from pibridge.convert.tree import openpi_tree_shapes
-    from pibridge.parity.jax_stack.params import flatten
+    from pibridge.parity.stacks.jax.params import flatten
 
     got = {p: tuple(a.shape) for p, a in flatten(nnx.state(model).to_pure_dict()).items()}
     want = openpi_tree_shapes(variant)
@@ -123,7 +123,7 @@ def _metrics(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None) -> d
 
 def _load_params(args, variant):
     if args.ckpt is None:
-        from pibridge.parity.jax_stack.testing import synthetic_params
+        from pibridge.parity.stacks.jax.testing import synthetic_params
 
         return synthetic_params(variant, seed=args.seed, sharp=args.sharp)
     reader = Path(__file__).resolve().parents[1] / "pibridge" / "convert" / "reader.py"
@@ -144,7 +144,7 @@ def _orbax_tree(ckpt: Path) -> dict:
     meta = ckptr.metadata(path).item_metadata
     args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(restore_type=np.ndarray), meta)
     tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(item=meta, restore_args=args))["params"]
-    from pibridge.parity.jax_stack.params import flatten, nest
+    from pibridge.parity.stacks.jax.params import flatten, nest
 
     flat = flatten(tree)
     if all(p[-1] == "value" for p in flat):
@@ -154,8 +154,8 @@ def _orbax_tree(ckpt: Path) -> dict:
 
 def validate_variant(args, name: str) -> tuple[list[dict], bool]:
     from pibridge.configs import load_variant
-    from pibridge.parity.jax_stack import run_policy
-    from pibridge.parity.jax_stack.testing import synthetic_inputs, synthetic_noise
+    from pibridge.parity.stacks.jax import run_policy
+    from pibridge.parity.stacks.jax.testing import synthetic_inputs, synthetic_noise
     from pibridge.parity.stages import StageRecorder, llm_kv
 
     variant = load_variant(name)

@@ -86,9 +86,9 @@ def run_case(case, args, workdir: Path) -> list[dict]:
     from pibridge.configs import load_variant
     from pibridge.convert.reader import open_checkpoint
     from pibridge.convert.synth import LoraRequest, write_synthetic_checkpoint
-    from pibridge.parity.jax_stack import run_policy
-    from pibridge.parity.jax_stack.params import flatten, nest
-    from pibridge.parity.jax_stack.testing import synthetic_inputs, synthetic_noise
+    from pibridge.parity.stacks.jax import run_policy
+    from pibridge.parity.stacks.jax.params import flatten, nest
+    from pibridge.parity.stacks.jax.testing import synthetic_inputs, synthetic_noise
     from pibridge.parity.stages import StageRecorder, llm_kv
 
     name, vname, experts, rank, alpha, rslora = case

@@ -1,9 +1,9 @@
 """`pibridge parity capture` / `parity obs`: run ONE stack in this process and write its trace (numpy at import).
 
-The stack's code is imported lazily from STACKS (stack name -> "module:function"), so a capture never imports
-the other framework: the jax capture never loads torch, the torch capture never loads jax. More stacks can be
-added with `register_stack` (or a STACKS entry). A stack function takes a CaptureRequest and
-returns (StageRecorder, meta); this module adds the common metadata and writes the trace.
+The stack's capture function is named by the registry (pibridge.parity.stacks.STACKS, "module:function") and
+imported only when it runs, so a capture never imports the other framework: the jax capture never loads torch,
+the torch capture never loads jax. It takes a pibridge.parity.request.CaptureRequest and returns (stages, meta);
+this module checks the request and the stack's environment, adds the common metadata and writes the trace.
 
 Shared inputs: a capture may save the ModelInputs it fed its model (`save_inputs`, safetensors) and another
 capture may consume exactly those (`shared_inputs`), so model stages are compared free of preprocessing.
@@ -11,47 +11,15 @@ capture may consume exactly those (`shared_inputs`), so model stages are compare
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import platform
 import resource
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from pibridge.convert.profile import Profile, load_profile, profile_from_dict
 from pibridge.errors import PibridgeError
-from pibridge.parity.inputs import ModelInputs
-from pibridge.parity.tensorfile import load_tensors, save_tensors
-
-STACKS: dict[str, str] = {
-    "jax": "pibridge.parity.jax_capture:capture_jax",
-    "torch": "pibridge.parity.torch_capture:capture_torch",
-    "lerobot": "pibridge.parity.lerobot_capture:capture_lerobot_stack",  # run it with a LeRobot env's interpreter
-    "transformers": "pibridge.parity.transformers_capture:capture_transformers",  # transformers' own PI0 / PI05
-}
-PRECISIONS = ("float32", "bf16")
-RESIZES = ("openpi", "lerobot")
-INPUTS_KEY = "pibridge_model_inputs"
-
-
-@dataclass(frozen=True)
-class CaptureRequest:
-    stack: str  # a key of STACKS
-    obs: Path
-    out: Path
-    ckpt: Path | None = None  # OpenPI checkpoint (jax)
-    lerobot: Path | None = None  # converted OUT (torch, lerobot)
-    precision: str = "float32"
-    fixes: bool = True  # torch: apply the runtime fixes of configs/fixes.json
-    shared_inputs: Path | None = None  # consume these ModelInputs instead of preprocessing
-    save_inputs: Path | None = None  # write the ModelInputs this capture fed its model
-    resize: str = "lerobot"  # torch: which resize its LeRobot preprocessing uses
-    steps: int = 10
-    tokenizer: Path | None = None  # SentencePiece model (torch default: OUT/tokenizer/tokenizer.model)
-    profile: str | None = None  # jax: profile name, or an OUT dir whose pibridge.json records the profile
+from pibridge.parity.request import PRECISIONS, RESIZES, CaptureRequest, load_model_inputs, resolve_profile
+from pibridge.parity.stacks import STACKS, check_env, resolve
 
 
 @dataclass(frozen=True)
@@ -63,11 +31,6 @@ class CaptureResult:
     meta: dict
 
 
-def register_stack(name: str, target: str) -> None:
-    """Make `--stack name` run target ("package.module:function(CaptureRequest) -> (StageRecorder, meta)")."""
-    STACKS[name] = target
-
-
 def _check(req: CaptureRequest) -> None:
     if req.stack not in STACKS:
         raise PibridgeError(f"stack {req.stack!r}", f"one of {', '.join(STACKS)}", f"pass --stack {'|'.join(STACKS)}")
@@ -77,7 +40,7 @@ def _check(req: CaptureRequest) -> None:
         raise PibridgeError(f"resize {req.resize!r}", "openpi or lerobot", "pass --resize openpi|lerobot")
     if req.steps < 1:
         raise PibridgeError(f"--steps {req.steps}", "at least 1 Euler step", "pass --steps 10 (OpenPI's default)")
-    need = "ckpt" if req.stack == "jax" else "lerobot"
+    need = "ckpt" if STACKS[req.stack].reads == "openpi" else "lerobot"
     if getattr(req, need) is None:
         flag = "--openpi CKPT" if need == "ckpt" else "--lerobot OUT"
         raise PibridgeError(f"--stack {req.stack} without {flag.split()[0]}", f"{flag} for the {req.stack} stack",
@@ -92,7 +55,7 @@ def _check_inputs_readable(req: CaptureRequest) -> None:
     load_observation(req.obs)
     if req.shared_inputs is not None:
         load_model_inputs(req.shared_inputs)
-    out = req.lerobot if req.stack != "jax" else (Path(req.profile) if req.profile else None)
+    out = _out_dir(req)
     if out is not None and (Path(out) / "pibridge.json").is_file():
         from pibridge.provenance import load_provenance
 
@@ -101,7 +64,8 @@ def _check_inputs_readable(req: CaptureRequest) -> None:
 
 def check_observation_fits(obs_path: Path, rec: dict, out: Path) -> None:
     """The observation's horizon, state dim and filled camera slots against OUT's profile (pibridge.json)."""
-    from pibridge.convert.profile import SLOTS, profile_from_dict
+    from pibridge.convert.profile import profile_from_dict
+    from pibridge.vocab import OPENPI_SLOTS
     from pibridge.parity.observation import load_observation
 
     obs = load_observation(obs_path)
@@ -111,7 +75,7 @@ def check_observation_fits(obs_path: Path, rec: dict, out: Path) -> None:
         problems.append(f"noise horizon {obs.noise.shape[1]}, the profile's action_horizon is {prof.action_horizon}")
     if prof.state_dim is not None and obs.state.shape[1] != prof.state_dim:
         problems.append(f"state dim {obs.state.shape[1]}, the profile's state_dim is {prof.state_dim}")
-    filled = [s for s in SLOTS if s not in (rec.get("empty_slots") or [])]
+    filled = [s for s in OPENPI_SLOTS if s not in (rec.get("empty_slots") or [])]
     missing = [s for s in filled if s not in obs.slots]
     if missing:
         problems.append(f"no image for slot(s) {', '.join(missing)}, which OUT fills")
@@ -121,9 +85,12 @@ def check_observation_fits(obs_path: Path, rec: dict, out: Path) -> None:
                             f"make one that fits: pibridge parity obs {obs_path} --profile {out}")
 
 
-def _stack_function(name: str):
-    module, func = STACKS[name].split(":")
-    return getattr(importlib.import_module(module), func)
+def _out_dir(req: CaptureRequest) -> Path | None:
+    """The converted OUT a capture describes: --lerobot OUT, or for a stack reading the OpenPI checkpoint the
+    --profile OUT it was given (if any)."""
+    if req.stack in STACKS and STACKS[req.stack].reads == "openpi":
+        return Path(req.profile) if req.profile else None
+    return req.lerobot
 
 
 def _defaults(req: CaptureRequest) -> CaptureRequest:
@@ -134,7 +101,7 @@ def _defaults(req: CaptureRequest) -> CaptureRequest:
 
     precision = precision_token(req.precision) if str(req.precision).lower() in DTYPE_ALIASES else req.precision
     tokenizer = req.tokenizer
-    out_dir = req.lerobot if req.stack != "jax" else (Path(req.profile) if req.profile else None)
+    out_dir = _out_dir(req)
     if tokenizer is None and out_dir is not None and out_dir.is_dir():
         tokenizer = default_tokenizer_path(out_dir)
     return replace(req, precision=precision, tokenizer=tokenizer)
@@ -147,9 +114,11 @@ def capture(req: CaptureRequest) -> CaptureResult:
     req = _defaults(req)
     _check(req)
     _check_inputs_readable(req)
+    spec = STACKS[req.stack]
+    check_env(spec)
     t0 = time.perf_counter()
     try:
-        recorder, meta = _stack_function(req.stack)(req)
+        recorder, meta = resolve(spec.entry)(req)
     except ModuleNotFoundError as err:
         from pibridge.errors import missing_dependency
 
@@ -175,60 +144,6 @@ def capture_command(**kwargs) -> CaptureResult:
     print(f"wrote {result.out}: {result.stack} stack, {result.n_stages} stages, {result.meta['precision']}, "
           f"{result.seconds:.1f} s (model {t.get('sample_s', 0):.1f} s), peak RSS {t['peak_rss_mb']:.0f} MB")
     return result
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def package_versions(*names: str) -> dict[str, str]:
-    out = {}
-    for n in ("pibridge", "numpy", *names):
-        try:
-            out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            out[n] = "not installed"
-    return out
-
-
-def save_model_inputs(path: Path, inputs: ModelInputs) -> None:
-    tensors = {"images": inputs.images, "image_mask": inputs.image_mask.astype(np.uint8), "state": inputs.state,
-               "tokens": inputs.tokens, "token_mask": inputs.token_mask.astype(np.uint8)}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(path, tensors, INPUTS_KEY, {"format": 1})
-
-
-def load_model_inputs(path: Path) -> ModelInputs:
-    t, _ = load_tensors(path, INPUTS_KEY, what="shared inputs file", made_by="`parity capture --save-inputs`",
-                        fix="capture the jax stack again with --save-inputs")
-    return ModelInputs(t["images"], t["image_mask"].astype(bool), t["state"], t["tokens"], t["token_mask"].astype(bool))
-
-
-def state_bins_from_text(text: str) -> list[int] | None:
-    """The discretised state written in a pi05 prompt ("...State: 1 2 3;\\nAction: "), or None."""
-    if "State: " not in text:
-        return None
-    return [int(v) for v in text.split("State: ", 1)[1].split(";", 1)[0].split()]
-
-
-def preprocessing_record(texts: tuple[str, ...], inputs: ModelInputs) -> dict:
-    """What the preprocessing-parity section compares: prompt texts, real token ids, discretised state bins."""
-    return {"prompt_texts": list(texts),
-            "tokens": [row[m].tolist() for row, m in zip(inputs.tokens, inputs.token_mask)],
-            "state_bins": [state_bins_from_text(t) for t in texts] if texts else []}
-
-
-def resolve_profile(spec: str | None, synth: dict | None) -> Profile:
-    """A profile name, or an OUT directory (or its pibridge.json) whose recorded profile (with overrides) is used;
-    without one, the profile a synthetic checkpoint was made for."""
-    if spec is None:
-        if synth and synth.get("profile"):
-            return load_profile(synth["profile"])
-        raise PibridgeError("no profile for the jax capture", "--profile NAME, or --profile OUT (a converted dir)",
-                            "pass the profile the policy was trained with, e.g. --profile pi05_droid")
-    path = Path(spec)
-    if path.is_dir() or path.name == "pibridge.json":
-        from pibridge.provenance import load_provenance
-
-        return profile_from_dict(load_provenance(path if path.is_dir() else path.parent)["profile"])
-    return load_profile(spec)
 
 
 def parse_masks(items: list[str] | None) -> dict[int, list[str]]:

@@ -1,12 +1,14 @@
 """`pibridge parity compare` and `pibridge parity run` (numpy only in this process).
 
-`run` captures each stack in its own subprocess (`python -m pibridge.parity.run capture ...`, each side's
-interpreter selectable: the real LeRobot needs Python 3.12), then compares the traces and reports: terminal
-table, JSON, HTML, plus a separately reported preprocessing-parity section (OpenPI's vs LeRobot's resize on
-the observation's own images, prompt texts, token ids, discretised state bins), which never decides pass/fail.
+`run` captures each stack in its own subprocess (`python -m pibridge.cli parity capture ...`, the one command
+line; each side's interpreter selectable: the real LeRobot needs Python 3.12), then compares the traces and
+reports: terminal table, JSON, HTML, plus a separately reported preprocessing-parity section (OpenPI's vs LeRobot's
+resize on the observation's own images, prompt texts, token ids, discretised state bins), which never decides
+pass/fail.
 
-TORCH_STACKS maps `--torch-stack` names to capture stacks (pibridge.parity.capture.STACKS): "ours" (the torch
-stack), "lerobot" (the real LeRobot, pibridge.parity.lerobot_capture; give --torch-python a LeRobot env). `python -m pibridge.parity.run {obs,capture,compare,run} ...` mirrors the CLI.
+`--torch-stack` names come from the registry (pibridge.parity.stacks: StackSpec.torch_side): "ours" (the torch
+stack), "lerobot" (the real LeRobot; its precheck finds the LeRobot interpreter), "transformers" (transformers' own
+model). A stack's precheck (named there by string) runs before any capture.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from pibridge.errors import ParityFailure, PibridgeError
 from pibridge.parity.compare import Comparison, Rule, compare, load_rules
 from pibridge.parity.trace import Trace, read_trace
 
-TORCH_STACKS: dict[str, str] = {"ours": "torch", "lerobot": "lerobot"}  # --torch-stack name -> capture --stack name
-CAPTURE_MODULE = "pibridge.parity.run"  # `python -m CAPTURE_MODULE capture ...` in each side's interpreter
+CAPTURE_COMMAND = ("-m", "pibridge.cli", "parity", "capture")  # `python -m pibridge.cli parity capture` per side
 BLOG_RESIZE = "blog (480x640 camera): cosine 0.99953, max-abs 116"
 
 
@@ -187,7 +188,7 @@ class RunRequest:
     tokenizer: Path | None = None
     tolerances: Path | None = None
     jax_python: str = sys.executable
-    torch_python: str | None = None  # None: this interpreter; for the lerobot stack see lerobot_python()
+    torch_python: str | None = None  # None: this interpreter (the lerobot stack's precheck finds its own)
     html: Path | None = None
     json: Path | None = None
     workdir: Path | None = None
@@ -206,7 +207,7 @@ class RunResult:
 
 def capture_argv(python: str, stack: str, obs: Path, out: Path, **opts) -> list[str]:
     """The subprocess command line of one capture; opts with None / False values are left out."""
-    argv = [python, "-m", CAPTURE_MODULE, "capture", "--stack", stack, "--obs", str(obs), "--out", str(out)]
+    argv = [python, *CAPTURE_COMMAND, "--stack", stack, "--obs", str(obs), "--out", str(out)]
     for key, value in opts.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -232,38 +233,6 @@ def _run_capture(argv: list[str], side: str, console) -> float:
     return time.perf_counter() - t0
 
 
-LEROBOT_PYTHON_ENV = "PIBRIDGE_LEROBOT_PYTHON"
-LEROBOT_VENV = Path(".venvs") / "lr-0.6.1" / "bin" / "python"  # what `make lerobot-env` builds
-
-
-def lerobot_python(given: str | None, flag: str = "--torch-python") -> str:
-    """The interpreter of the LeRobot environment: `flag` (--torch-python; `serve`: --lerobot-python), else
-    $PIBRIDGE_LEROBOT_PYTHON, else the venv `make lerobot-env` built (in the current directory or this checkout);
-    it must import lerobot and pibridge."""
-    import os
-
-    candidates = [given] if given else [os.environ.get(LEROBOT_PYTHON_ENV)] if os.environ.get(LEROBOT_PYTHON_ENV) \
-        else [str(root / LEROBOT_VENV) for root in (Path.cwd(), Path(__file__).resolve().parents[2])
-              if (root / LEROBOT_VENV).is_file()][:1]
-    how = (f"{flag} PATH (a Python 3.12 env with lerobot[pi] and pibridge), or set "
-           f"{LEROBOT_PYTHON_ENV}=PATH, or build one with `make lerobot-env` (.venvs/lr-0.6.1)")
-    if not candidates:
-        raise PibridgeError(f"no LeRobot environment found (no {flag}, no "
-                            f"{LEROBOT_PYTHON_ENV}, no {LEROBOT_VENV})", "the interpreter of a LeRobot environment", how)
-    py = candidates[0]
-    probe = "import importlib.util as u, sys; sys.exit(sum(2 ** i for i, m in enumerate(('lerobot', 'pibridge')) " \
-            "if u.find_spec(m) is None))"
-    try:
-        rc = subprocess.run([py, "-c", probe], capture_output=True, timeout=120).returncode
-    except OSError as err:
-        raise PibridgeError(f"LeRobot interpreter {py}: {err.strerror or err}", "an executable Python", how) from None
-    if rc:
-        lacks = " and ".join(m for i, m in enumerate(("lerobot", "pibridge")) if rc & 2 ** i) or f"(exit {rc})"
-        raise PibridgeError(f"LeRobot interpreter {py} cannot import {lacks}", "lerobot[pi] and pibridge installed there",
-                            "pip install 'lerobot[pi]' pibridge into that env (pibridge --no-deps is enough), or " + how)
-    return py
-
-
 def comparison_note(req: RunRequest) -> str:
     """Which question this run answers (printed and recorded in the report's notes)."""
     if req.shared_preprocessing:
@@ -277,8 +246,6 @@ def comparison_note(req: RunRequest) -> str:
 
 def _with_progress(argv: list[str], console) -> subprocess.CompletedProcess:
     """Run a capture, showing its progress lines (pibridge.parity.progress) as one status line on this terminal."""
-    import os
-
     from pibridge.parity.progress import ENV, PREFIX
 
     with tempfile.TemporaryFile("w+") as out, console.status(f"{argv[argv.index('--stack') + 1]}: starting") as status:
@@ -373,20 +340,21 @@ def run(req: RunRequest, console=None) -> RunResult:
 
     from pibridge.vocab import precision_token
 
+    from pibridge.parity.stacks import resolve, torch_sides
+
     console = console or _console()
     req = replace(req, precision=precision_token(req.precision))  # bfloat16 / bf16 -> the policy token
-    if req.torch_stack not in TORCH_STACKS:
-        raise PibridgeError(f"--torch-stack {req.torch_stack}", f"one of {', '.join(TORCH_STACKS)}",
+    sides = torch_sides()
+    if req.torch_stack not in sides:
+        raise PibridgeError(f"--torch-stack {req.torch_stack}", f"one of {', '.join(sides)}",
                             "pass --torch-stack ours")
     rules = _rules(req.tolerances)  # fail early on a bad tolerance file
     recorded_fp = preflight(req)
-    torch_python = req.torch_python or sys.executable
-    if req.torch_stack == "lerobot":  # before the JAX capture: its environment, and a precision it can honour
-        from pibridge.provenance import load_provenance
-        from pibridge.parity.lerobot_capture import check_precision
-
-        check_precision(load_provenance(req.lerobot), req.precision, req.lerobot)
-        torch_python = lerobot_python(req.torch_python)
+    spec = sides[req.torch_stack]
+    # before the JAX capture: what the torch side's stack checks itself (lerobot: a precision it can honour, and
+    # its environment's interpreter, which it returns)
+    found = resolve(spec.precheck)(req) if spec.precheck else None
+    torch_python = found or req.torch_python or sys.executable
     note = comparison_note(req)
     console.print(note, highlight=False)
     own = req.workdir is None
@@ -407,6 +375,7 @@ def _run_in(req: RunRequest, work: Path, rules: list[Rule], recorded_fp: str | N
             console) -> RunResult:
     from pibridge.parity.capture import obs_command
     from pibridge.parity.lerobot_preprocess import default_tokenizer_path
+    from pibridge.parity.stacks import torch_sides
 
     obs = req.obs
     if obs is None:
@@ -420,7 +389,7 @@ def _run_in(req: RunRequest, work: Path, rules: list[Rule], recorded_fp: str | N
                                             save_inputs=inputs, **common), "jax", console)}
     if recorded_fp:  # a real checkpoint's fingerprint is known only once the JAX capture has read its leaves
         _same_params(recorded_fp, (read_trace(jt).meta.get("checkpoint") or {}).get("fingerprint"), req)
-    sec["torch"] = _run_capture(capture_argv(torch_python, TORCH_STACKS[req.torch_stack], obs, tt,
+    sec["torch"] = _run_capture(capture_argv(torch_python, torch_sides()[req.torch_stack].name, obs, tt,
                                              lerobot=req.lerobot, shared_inputs=inputs, resize=req.resize,
                                              no_fixes=not req.fixes, **common), req.torch_stack, console)
     ta, tb = read_trace(jt), read_trace(tt)
@@ -434,88 +403,3 @@ def _run_in(req: RunRequest, work: Path, rules: list[Rule], recorded_fp: str | N
                   highlight=False)
     _raise_on_failure(c)
     return RunResult(c, pre, jt, tt, sec)
-
-
-# ------------------------------------------------------------------------- `python -m pibridge.parity.run`
-def _parser():
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m pibridge.parity.run")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    o = sub.add_parser("obs")
-    o.add_argument("out", type=Path)
-    o.add_argument("--profile", required=True)
-    for name, typ in (("--batch", int), ("--seed", int), ("--horizon", int), ("--state-dim", int)):
-        o.add_argument(name, type=typ)
-    o.add_argument("--prompt", action="append")
-    o.add_argument("--mask", action="append")
-    c = sub.add_parser("capture")
-    c.add_argument("--stack", required=True)
-    for name in ("--obs", "--out"):
-        c.add_argument(name, type=Path, required=True)
-    c.add_argument("--openpi", "--ckpt", dest="ckpt", type=Path)  # --ckpt: the old spelling
-    for name in ("--lerobot", "--shared-inputs", "--save-inputs", "--tokenizer"):
-        c.add_argument(name, type=Path)
-    c.add_argument("--profile")
-    c.add_argument("--precision", default="float32")
-    c.add_argument("--resize", default="lerobot")
-    c.add_argument("--steps", type=int, default=10)
-    c.add_argument("--no-fixes", action="store_true")
-    m = sub.add_parser("compare")
-    m.add_argument("a", type=Path)
-    m.add_argument("b", type=Path)
-    for name in ("--tolerances", "--json", "--html"):
-        m.add_argument(name, type=Path)
-    r = sub.add_parser("run")
-    for name in ("--openpi", "--lerobot"):
-        r.add_argument(name, type=Path, required=True)
-    for name in ("--obs", "--tokenizer", "--tolerances", "--html", "--json", "--workdir"):
-        r.add_argument(name, type=Path)
-    r.add_argument("--torch-stack", default="ours")
-    r.add_argument("--precision", default="float32")
-    r.add_argument("--shared-preprocessing", action="store_true")
-    r.add_argument("--resize", default="openpi")
-    r.add_argument("--steps", type=int, default=10)
-    r.add_argument("--no-fixes", action="store_true")
-    r.add_argument("--keep-temp", action="store_true")
-    r.add_argument("--jax-python", default=sys.executable)
-    r.add_argument("--torch-python", default=None)
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    from pibridge.parity.capture import capture_command, obs_command
-
-    a = _parser().parse_args(argv)
-    try:
-        if a.cmd == "obs":
-            obs_command(a.out, profile=a.profile, batch=a.batch or 2, seed=a.seed or 0, horizon=a.horizon,
-                        state_dim=a.state_dim, prompts=a.prompt, masked=a.mask)
-        elif a.cmd == "capture":
-            capture_command(stack=a.stack, obs=a.obs, out=a.out, ckpt=a.ckpt, lerobot=a.lerobot,
-                            precision=a.precision, fixes=not a.no_fixes, shared_inputs=a.shared_inputs,
-                            save_inputs=a.save_inputs, resize=a.resize, steps=a.steps, tokenizer=a.tokenizer,
-                            profile=a.profile)
-        elif a.cmd == "compare":
-            compare_command(a.a, a.b, tolerances=a.tolerances, json_out=a.json, html_out=a.html)
-        else:
-            run(RunRequest(openpi=a.openpi, lerobot=a.lerobot, obs=a.obs, torch_stack=a.torch_stack,
-                           precision=a.precision, shared_preprocessing=a.shared_preprocessing, resize=a.resize,
-                           fixes=not a.no_fixes, steps=a.steps, tokenizer=a.tokenizer, tolerances=a.tolerances,
-                           jax_python=a.jax_python, torch_python=a.torch_python, html=a.html, json=a.json,
-                           workdir=a.workdir, keep_temp=a.keep_temp))
-    except PibridgeError as err:
-        print(f"pibridge: error: {err.render()}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except ImportError as err:  # an optional dependency missing in this side's interpreter: name the extra
-        from pibridge.errors import missing_dependency
-
-        bad = missing_dependency(err, f"`python -m {CAPTURE_MODULE} {a.cmd}`")
-        if bad is None:
-            raise
-        print(f"pibridge: error: {bad.render()}", file=sys.stderr)
-        sys.exit(bad.exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -80,7 +80,7 @@ _PROBE = ("import importlib.util as u, sys; sys.exit(sum(2 ** i for i, m in enum
 
 
 def _serve_lerobot(r: ServeRequest) -> int:
-    from pibridge.parity.run import lerobot_python
+    from pibridge.parity.stacks.lerobot.capture import lerobot_python
 
     py = lerobot_python(r.lerobot_python, flag="--lerobot-python")
     rc = subprocess.run([py, "-c", _PROBE], capture_output=True, timeout=120).returncode

@@ -47,8 +47,10 @@ from typing import Any
 
 import numpy as np
 
-from pibridge.convert.profile import SLOTS, Profile, load_profile, profile_from_dict
+from pibridge.convert.profile import Profile, load_profile, profile_from_dict
 from pibridge.errors import PibridgeError
+from pibridge.provenance import load_provenance
+from pibridge.vocab import OPENPI_SLOTS
 
 MODEL_ACTION_DIM = 32  # pi0_config.py:25 action_dim: the noise's last axis
 IMAGE_SIZE = 224  # OpenPI's ResizeImages(224, 224), config.py:131
@@ -184,29 +186,21 @@ def _timed(actions: np.ndarray, t0: float) -> dict:
     return {"actions": np.asarray(actions, np.float64), "policy_timing": {"infer_ms": (time.monotonic() - t0) * 1000}}
 
 
-def _read_provenance(out_dir: Path) -> dict:
-    p = Path(out_dir) / "pibridge.json"
-    if not p.is_file():
-        raise PibridgeError(f"{out_dir} has no pibridge.json", "a policy directory written by `pibridge convert`",
-                            "convert the checkpoint with `pibridge convert CKPT OUT --profile ...` first")
-    return json.loads(p.read_text())
-
-
 class LeRobotServedPolicy:
     """OUT run by the installed LeRobot, the way lerobot-eval loads a pretrained policy (pibridge's runtime fixes
     applied; tiny test variants patched in, as `parity capture --stack lerobot` does)."""
 
     def __init__(self, out_dir: str | Path, *, default_prompt: str | None = None, device: str | None = None,
                  fixes: bool = True):
-        from pibridge.parity import lerobot_tiny
-        from pibridge.parity.lerobot_stack import load_policy, versions
-        from pibridge.parity.runtime_fixes import apply_runtime_fixes
+        from pibridge.parity.stacks.lerobot import tiny as lerobot_tiny
+        from pibridge.parity.stacks.lerobot.loader import load_policy, versions
+        from pibridge.fixes.runtime import apply_runtime_fixes
 
         self.out_dir = Path(out_dir)
-        prov = _read_provenance(self.out_dir)
+        prov = load_provenance(self.out_dir)
         self.profile = profile_from_dict(prov["profile"])
         self.default_prompt = default_prompt
-        present = [s for s in SLOTS if s not in prov["empty_slots"]]
+        present = [s for s in OPENPI_SLOTS if s not in prov["empty_slots"]]
         self.camera_names = dict(zip(present, prov["camera_names"]))  # OpenPI slot -> OUT's LeRobot camera name
         if lerobot_tiny.needed(prov):
             lerobot_tiny.apply()
@@ -267,8 +261,8 @@ class OpenPIServedPolicy:
         from pibridge.configs import load_variant
         from pibridge.convert.detect import detect
         from pibridge.convert.reader import open_checkpoint
-        from pibridge.parity.jax_stack import get_policy, prepare_params
-        from pibridge.parity.tokenizer import load_tokenizer
+        from pibridge.parity.stacks.jax import get_policy, prepare_params
+        from pibridge.tokenizer import load_tokenizer
 
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.profile.require("cameras")
@@ -292,7 +286,7 @@ class OpenPIServedPolicy:
         return dict(self.profile.policy_metadata)
 
     def infer(self, obs: Mapping[str, Any], noise: np.ndarray | None = None) -> dict:
-        from pibridge.parity.jax_stack import run_policy
+        from pibridge.parity.stacks.jax import run_policy
         from pibridge.parity.openpi_preprocess import postprocess_actions, preprocess
 
         t0 = time.monotonic()

@@ -2,7 +2,8 @@
 
 make_tiny_out: synth a tiny OpenPI checkpoint + `pibridge convert` for a LeRobot release (with the test tokenizer).
 jax_trace: OpenPI host preprocessing + the JAX stack on an observation (in this process: the project venv).
-lerobot_capture: `python -m pibridge.parity.lerobot_stack` in a LeRobot venv, with the tiny-variant patch.
+lerobot_capture: `python -m pibridge.cli parity capture --stack lerobot` in a LeRobot venv (tiny OUTs patched by the
+capture itself).
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_PATCH = Path(__file__).with_name("tiny_patch.py")
 TOKENIZER = ROOT / "tests" / "data" / "test_spm.model"
 
 
@@ -69,12 +68,13 @@ def observation(root: Path, model: str, *, horizon: int | None = None, state_dim
 
 def jax_trace(ckpt: Path, out: Path, obs, precision: str, trace: Path, *, npz: Path | None = None,
               asset: str = "droid"):
-    """OpenPI preprocessing + the JAX stack; writes the trace (and the ModelInputs as .npz)."""
+    """OpenPI preprocessing + the JAX stack; writes the trace (and, to `npz`, the ModelInputs as the
+    --save-inputs file that `parity capture --shared-inputs` reads)."""
     from pibridge.configs import load_variant
     from pibridge.provenance import load_provenance
     from pibridge.convert.profile import profile_from_dict
     from pibridge.convert.reader import open_checkpoint
-    from pibridge.parity.jax_stack import run_policy
+    from pibridge.parity.stacks.jax import run_policy
     from pibridge.parity.openpi_preprocess import observation_dict, preprocess
     from pibridge.parity.stages import StageRecorder
     from pibridge.tokenizer import load_tokenizer
@@ -89,21 +89,23 @@ def jax_trace(ckpt: Path, out: Path, obs, precision: str, trace: Path, *, npz: P
     write_trace(trace, rec, {"stack": "jax", "precision": precision,
                              "observation": {"fingerprint": obs.fingerprint(), "batch": obs.batch}})
     if npz is not None:
-        np.savez(npz, images=inputs.images, image_mask=inputs.image_mask, state=inputs.state, tokens=inputs.tokens,
-                 token_mask=inputs.token_mask)
+        from pibridge.parity.request import save_model_inputs
+
+        save_model_inputs(npz, inputs)
     return inputs
 
 
 def lerobot_capture(venv: str, out: Path, obs_path: Path, trace: Path, *, fixes: bool = True,
-                    model_inputs: Path | None = None, tiny: bool = True, progress: bool = False) -> dict:
-    """The capture's JSON summary; with progress=True also its relayed progress lines under "progress"."""
-    cmd = [str(venv_python(venv)), "-m", "pibridge.parity.lerobot_stack", str(out), str(obs_path), str(trace)]
-    if tiny:
-        cmd += ["--preload", str(TINY_PATCH)]
+                    model_inputs: Path | None = None, progress: bool = False) -> dict:
+    """`pibridge parity capture --stack lerobot` in the venv (at OUT's runtime precision); a summary read from the
+    trace it wrote; with progress=True also its relayed progress lines under "progress"."""
+    runtime = json.loads((Path(out) / "pibridge.json").read_text())["target"]["runtime_dtype"]
+    cmd = [str(venv_python(venv)), "-m", "pibridge.cli", "parity", "capture", "--stack", "lerobot", "--lerobot",
+           str(out), "--obs", str(obs_path), "--out", str(trace), "--precision", runtime]
     if not fixes:
         cmd.append("--no-fixes")
     if model_inputs is not None:
-        cmd += ["--model-inputs", str(model_inputs)]
+        cmd += ["--shared-inputs", str(model_inputs)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
     if progress:
         from pibridge.parity.progress import ENV
@@ -111,8 +113,12 @@ def lerobot_capture(venv: str, out: Path, obs_path: Path, trace: Path, *, fixes:
         env[ENV] = "1"
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if p.returncode != 0:
-        raise AssertionError(f"lerobot_stack failed (rc {p.returncode}):\n{p.stderr[-4000:]}\n{p.stdout[-2000:]}")
-    summary = json.loads(p.stdout.strip().splitlines()[-1])
+        raise AssertionError(f"lerobot capture failed (rc {p.returncode}):\n{p.stderr[-4000:]}\n{p.stdout[-2000:]}")
+    from pibridge.parity.trace import read_trace
+
+    meta = read_trace(trace).meta
+    summary = {"trace": str(trace), "fixes": meta["fixes"], "versions": meta["versions"],
+               "load_keys": meta["load"]["keys"], "not_comparable": sorted(set(meta["not_comparable"]))}
     if progress:
         from pibridge.parity.progress import PREFIX
 

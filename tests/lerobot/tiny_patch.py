@@ -1,7 +1,7 @@
-"""Test-only preload (`python -m pibridge.parity.lerobot_stack --preload tests/lerobot/tiny_patch.py ...`,
-PIBRIDGE_LEROBOT_PRELOAD): applies pibridge.parity.lerobot_tiny, which lets the real LeRobot build the tiny variants
-(its docstring lists every value it changes)."""
+"""Test-only preload (PIBRIDGE_LEROBOT_PRELOAD=tests/lerobot/tiny_patch.py, or run first by a test script):
+applies pibridge.parity.stacks.lerobot.tiny, which lets the real LeRobot build the tiny variants (its docstring lists
+every value it changes)."""
 
-from pibridge.parity.lerobot_tiny import apply
+from pibridge.parity.stacks.lerobot.tiny import apply
 
 apply()

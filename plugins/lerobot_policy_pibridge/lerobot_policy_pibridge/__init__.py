@@ -48,7 +48,7 @@ def _pibridge_dir(path) -> Path | None:
 
 def after_load(policy, out: Path):
     """Load check + runtime fixes for a pibridge-converted directory; returns the policy."""
-    from pibridge.parity.lerobot_stack import verify_load
+    from pibridge.parity.stacks.lerobot.loader import verify_load
     from pibridge.fixes.runtime import apply_runtime_fixes
     from pibridge.errors import PibridgeError
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
-from pibridge.parity.capture import (CaptureRequest, load_model_inputs, package_versions, preprocessing_record,
+from pibridge.parity.request import (CaptureRequest, load_model_inputs, package_versions, preprocessing_record,
                                      save_model_inputs)
 from pibridge.parity.observation import Observation, load_observation
 from pibridge.parity.stages import StageRecorder
@@ -52,8 +52,8 @@ def capture_torch(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     from pibridge.fixes.table import embedding_semantics
     from pibridge.parity import lerobot_preprocess as lp
     from pibridge.tokenizer import load_tokenizer
-    from pibridge.parity.torch_stack.forward import sample_actions
-    from pibridge.parity.torch_stack.model import load_policy
+    from pibridge.parity.stacks.torch.forward import sample_actions
+    from pibridge.parity.stacks.torch.model import load_policy
 
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (DESIGN "Parity")
     torch.backends.cudnn.allow_tf32 = False

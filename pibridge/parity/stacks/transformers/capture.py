@@ -1,8 +1,8 @@
-"""`parity capture --stack transformers`: an adapter from CaptureRequest to the native-transformers stack
-(pibridge.parity.transformers_stack), run by the interpreter whose transformers is the release OUT was converted
-for (pibridge.json target.transformers_version): this one when its transformers is that release, else
-.venvs/tf-<version>/bin/python (tools/tfvenv.py builds it; PIBRIDGE_TF_VENVS names another directory searched
-first) as a subprocess with this pibridge first on PYTHONPATH. Never imports jax.
+"""`parity capture --stack transformers`: from CaptureRequest to the native-transformers stack (model.py), run by the
+interpreter whose transformers is the release OUT was converted for (pibridge.json target.transformers_version):
+this one when its transformers is that release, else the same `python -m pibridge.cli parity capture` command line
+run by .venvs/tf-<version>/bin/python (tools/tfvenv.py builds it; PIBRIDGE_TF_VENVS names another directory
+searched first) with this pibridge first on PYTHONPATH; its trace is read back here. Never imports jax.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 from pibridge.errors import PibridgeError
-from pibridge.parity.capture import CaptureRequest
+from pibridge.parity.request import CAPTURE_META_KEYS, CaptureRequest
 
 VENVS_ENV = "PIBRIDGE_TF_VENVS"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (its .venvs/) when pibridge runs from source
+PROJECT_ROOT = Path(__file__).resolve().parents[4]  # the checkout (its .venvs/) when pibridge runs from source
 
 
 def installed_transformers() -> str | None:
@@ -44,38 +44,43 @@ def venv_python(version: str) -> Path:
 
 def capture_transformers(req: CaptureRequest):
     from pibridge.provenance import load_provenance
+
+    precheck(req)
+    version = load_provenance(req.lerobot).get("target", {}).get("transformers_version")
+    if version is None or version == installed_transformers():
+        from pibridge.parity.stacks.transformers.model import capture_native
+
+        stages, meta = capture_native(req.lerobot, req.obs, shared_inputs=req.shared_inputs,
+                                      save_inputs=req.save_inputs, steps=req.steps, tokenizer=req.tokenizer)
+        return stages, {k: v for k, v in meta.items() if k not in CAPTURE_META_KEYS}
     from pibridge.parity.trace import read_trace
 
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "t.safetensors"
+        args = ["--lerobot", str(req.lerobot), "--obs", str(req.obs), "--out", str(trace), "--steps", str(req.steps)]
+        for flag, value in (("--shared-inputs", req.shared_inputs), ("--save-inputs", req.save_inputs),
+                            ("--tokenizer", req.tokenizer)):
+            if value is not None:
+                args += [flag, str(value)]
+        _run_in_venv(venv_python(version), args)
+        t = read_trace(trace)  # the other interpreter's trace: its stages, its meta less what capture() adds here
+    return list(t.stages.values()), {k: v for k, v in t.meta.items() if k not in CAPTURE_META_KEYS}
+
+
+def precheck(req) -> None:
+    """`parity run --torch-stack transformers` / capture: the native stack is checked in float32 only."""
     if req.precision != "float32":
         raise PibridgeError(f"--precision {req.precision} for the transformers stack", "float32",
                             "pass --precision float32 (the native stack is checked in float32 only)")
-    version = load_provenance(req.lerobot).get("target", {}).get("transformers_version")
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "t.safetensors"
-        if version is None or version == installed_transformers():
-            from pibridge.parity.transformers_stack import capture_native
-
-            capture_native(req.lerobot, req.obs, trace, shared_inputs=req.shared_inputs, save_inputs=req.save_inputs,
-                           steps=req.steps, tokenizer=req.tokenizer)
-        else:
-            args = [str(req.lerobot), str(req.obs), str(trace), "--steps", str(req.steps)]
-            for flag, value in (("--shared-inputs", req.shared_inputs), ("--save-inputs", req.save_inputs),
-                                ("--tokenizer", req.tokenizer)):
-                if value is not None:
-                    args += [flag, str(value)]
-            _run_in_venv(venv_python(version), args)
-        t = read_trace(trace)
-        stages = list(t.stages.values())
-        meta = {k: v for k, v in t.meta.items() if k not in ("format", "stack", "precision", "steps")}
-    return stages, meta
 
 
 def _run_in_venv(python: Path, args: list[str]) -> None:
-    """The stack's module in the venv; its exit 2 (PibridgeError, rendered on stderr) becomes one here."""
+    """`pibridge parity capture --stack transformers ARGS` in the venv; its exit 2 (PibridgeError, rendered on
+    stderr) becomes one here."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
                USE_HUB_KERNELS="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
-    p = subprocess.run([str(python), "-m", "pibridge.parity.transformers_stack", *args], capture_output=True,
-                       text=True, env=env)
+    p = subprocess.run([str(python), "-m", "pibridge.cli", "parity", "capture", "--stack", "transformers", *args],
+                       capture_output=True, text=True, env=env)
     if p.returncode == 2 and "error: " in p.stderr:
         lines = p.stderr[p.stderr.rindex("error: ") + len("error: "):].strip().splitlines()
         part = {k: next((ln[len(k):] for ln in lines if ln.startswith(k)), "") for k in ("expected: ", "what to do: ")}

@@ -2,10 +2,8 @@
 (PI0ForConditionalGeneration, transformers >= 5.5; PI05ForConditionalGeneration, >= 5.25) through transformers'
 conversion mapping (conversion_mapping.py "pi0" rules: 5.24.0 L1265-1290, 5.25.0 L1341-1365; "pi05" -> "pi0"
 5.25.0 L121), run by their own `sample_actions`, recorded under the shared stage names with forward hooks (never
-pibridge's forward). Runs inside a transformers venv (.venvs/tf-<version>: torch + that release, never jax):
-
-    .venvs/tf-5.25.0/bin/python -m pibridge.parity.transformers_stack OUT OBS TRACE [--shared-inputs F] [--steps 10]
-        [--attn sdpa|eager] [--cameras mask|drop]
+pibridge's forward). Runs in the interpreter that has that release (capture.py: this one, or .venvs/tf-<version>:
+torch + that release, never jax), through `pibridge parity capture --stack transformers`.
 
 Loading: `from_pretrained(OUT, config=<built from OUT's variant>, use_kernels=False)` (5.25 enables hub kernels by
 default and fails without `kernels` 0.19: modeling_utils.py L4224, L4415-4423), then pibridge's own check that
@@ -29,7 +27,6 @@ import importlib.metadata as md
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,9 @@ import numpy as np
 
 from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
-from pibridge.parity.lerobot_stack import _cache_kv, _first, _np
+from pibridge.parity.stacks.common import cache_kv as _cache_kv
+from pibridge.parity.stacks.common import first as _first
+from pibridge.parity.stacks.common import to_numpy as _np
 from pibridge.parity.stages import StageRecorder
 
 MIN_VERSION = {"pi0": (5, 5), "pi05": (5, 25)}  # first release here with models/pi0 resp. models/pi05
@@ -88,13 +87,13 @@ def require_model_class(model: str):
 
 
 def build_config(config_cls, variant, chunk_size: int, steps: int):
-    """The native config for OUT's variant (sizes as pibridge's torch stack builds them, torch_stack/model.py);
+    """The native config for OUT's variant (sizes as pibridge's torch stack builds them, stacks/common.py);
     periods 4e-3 / 4.0 = openpi pi0.py:161 (PI0Config defaults too)."""
-    from pibridge.parity.torch_stack.model import _gemma_config, _paligemma_config
+    from pibridge.parity.stacks.common import gemma_config, paligemma_config
 
-    vlm = _paligemma_config(variant).to_dict()
+    vlm = paligemma_config(variant).to_dict()
     vlm["image_token_id"] = variant.vocab_size
-    dit = _gemma_config(variant.action_expert, variant.vocab_size).to_dict()
+    dit = gemma_config(variant.action_expert, variant.vocab_size).to_dict()
     return config_cls(vlm_config=vlm, dit_config=dit, chunk_size=chunk_size, max_action_dim=variant.action_dim,
                       num_inference_steps=steps, min_period=4e-3, max_period=4.0,
                       **({} if variant.pi05 else {"max_state_dim": variant.action_dim}))
@@ -325,16 +324,15 @@ def rec_inputs(recorder: StageRecorder, x) -> None:
 
 # --- capture ------------------------------------------------------------------------------------------------------
 
-def capture_native(out_dir: Path, obs_path: Path, trace_path: Path, *, shared_inputs: Path | None = None,
+def capture_native(out_dir: Path, obs_path: Path, *, shared_inputs: Path | None = None,
                    save_inputs: Path | None = None, steps: int = 10, attn: str | None = None, cameras: str = "mask",
-                   tokenizer: Path | None = None) -> dict:
-    """Load OUT in the installed transformers' native model, run one observation, write the trace; -> meta."""
+                   tokenizer: Path | None = None) -> tuple[StageRecorder, dict]:
+    """Load OUT in the installed transformers' native model, run one observation; -> (stages, meta)."""
     import torch
 
     from pibridge.provenance import load_provenance
-    from pibridge.parity.capture import load_model_inputs, save_model_inputs
     from pibridge.parity.observation import load_observation
-    from pibridge.parity.trace import write_trace
+    from pibridge.parity.request import load_model_inputs, save_model_inputs
 
     if attn is not None and attn not in ATTN_MODES:
         raise PibridgeError(f"attention {attn!r}", f"one of {ATTN_MODES}", "pass --attn sdpa|eager")
@@ -377,40 +375,4 @@ def capture_native(out_dir: Path, obs_path: Path, trace_path: Path, *, shared_in
             "observation": {"path": str(obs_path), "fingerprint": obs.fingerprint(), "batch": obs.batch},
             "profile": prov["profile"]["name"],
             "timings": {"load_s": round(t1 - t0, 4), "sample_s": round(t3 - t2, 4)}}
-    write_trace(Path(trace_path), rec, meta)
-    return meta
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m pibridge.parity.transformers_stack",
-                                 description="Capture a parity trace of OUT run by transformers' native pi0 / pi05.")
-    ap.add_argument("out", type=Path, help="policy directory written by `pibridge convert --transformers-version V`")
-    ap.add_argument("observation", type=Path, help="observation file (`pibridge parity obs`): noise, fingerprint")
-    ap.add_argument("trace", type=Path, help="trace file to write (.safetensors)")
-    ap.add_argument("--shared-inputs", type=Path, help="ModelInputs of `parity capture --save-inputs`")
-    ap.add_argument("--steps", type=int, default=10, help="Euler steps")
-    ap.add_argument("--attn", choices=ATTN_MODES, help="attention implementation (default: transformers' own, sdpa)")
-    ap.add_argument("--cameras", choices=CAMERA_MODES, default="mask",
-                    help="mask: OpenPI's prefix (default); drop: transformers' processor layout")
-    ap.add_argument("--save-inputs", type=Path, help="write the ModelInputs this capture fed its model")
-    ap.add_argument("--tokenizer", type=Path, help="SentencePiece model (without --shared-inputs)")
-    ap.add_argument("--meta-json", type=Path, help="also write the trace metadata here")
-    a = ap.parse_args(argv)
-    try:
-        meta = capture_native(a.out, a.observation, a.trace, shared_inputs=a.shared_inputs,
-                              save_inputs=a.save_inputs, steps=a.steps,
-                              attn=a.attn, cameras=a.cameras, tokenizer=a.tokenizer)
-    except PibridgeError as err:
-        print(f"error: {err.render()}", file=sys.stderr)
-        return 2
-    if a.meta_json:
-        a.meta_json.write_text(json.dumps(meta, indent=1))
-    print(json.dumps({"trace": str(a.trace), "model_class": meta["model_class"], "load_keys": meta["load"]["keys"],
-                      "attn": meta["attn_implementation"], "transformers": meta["packages"]["transformers"]}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return rec, meta

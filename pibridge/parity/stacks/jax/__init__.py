@@ -6,9 +6,9 @@ Never imports torch.
 """
 
 from pibridge.parity.inputs import ModelInputs
-from pibridge.parity.jax_stack.params import ModelParams, prepare_params
-from pibridge.parity.jax_stack.precision import POLICIES, PrecisionPolicy, get_policy
-from pibridge.parity.jax_stack.sampler import euler_times, run_policy
+from pibridge.parity.stacks.jax.params import ModelParams, prepare_params
+from pibridge.parity.stacks.jax.precision import POLICIES, PrecisionPolicy, get_policy
+from pibridge.parity.stacks.jax.sampler import euler_times, run_policy
 
 __all__ = ["POLICIES", "ModelInputs", "ModelParams", "PrecisionPolicy", "euler_times", "get_policy", "prepare_params",
            "run_policy"]

@@ -9,18 +9,16 @@ The model is built on the meta device and the weights of OUT/model.safetensors a
 
 from __future__ import annotations
 
-import json
-import mmap
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pibridge.configs import GemmaSize, Variant
+from pibridge.configs import Variant
 from pibridge.errors import PibridgeError
 from pibridge.fixes import shims as compat
+from pibridge.parity.stacks.common import gemma_config, mmap_safetensors, paligemma_config
 from pibridge.vocab import KEEP_FP32_SELECTORS
 
 
@@ -43,38 +41,13 @@ class AdaRMSNorm(nn.Module):
         return (normed * (1 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
 
 
-def _gemma_config(size: GemmaSize, vocab: int):
-    from transformers import GemmaConfig
-
-    return GemmaConfig(vocab_size=vocab, hidden_size=size.width, intermediate_size=size.mlp_dim,
-                       num_hidden_layers=size.depth, num_attention_heads=size.num_heads,
-                       num_key_value_heads=size.num_kv_heads, head_dim=size.head_dim,
-                       hidden_activation="gelu_pytorch_tanh", hidden_act="gelu_pytorch_tanh", rms_norm_eps=1e-6,
-                       max_position_embeddings=8192, attention_bias=False)
-
-
-def _paligemma_config(variant: Variant):
-    from transformers import PaliGemmaConfig, SiglipVisionConfig
-
-    v = variant.siglip
-    vision = SiglipVisionConfig(hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth,
-                                num_attention_heads=v.num_heads, patch_size=v.patch_size, image_size=v.image_size,
-                                layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
-                                projection_dim=variant.paligemma.width, vision_use_head=False)
-    text = _gemma_config(variant.paligemma, variant.vocab_size)
-    cfg = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                          image_token_index=variant.vocab_size, projection_dim=variant.paligemma.width)
-    cfg.vision_config.projection_dim = variant.paligemma.width
-    return cfg
-
-
 class PaliGemmaWithExpert(nn.Module):
     def __init__(self, variant: Variant):
         super().__init__()
         from transformers import GemmaForCausalLM, PaliGemmaForConditionalGeneration
 
-        self.paligemma = PaliGemmaForConditionalGeneration(_paligemma_config(variant))
-        expert_cfg = _gemma_config(variant.action_expert, variant.vocab_size)
+        self.paligemma = PaliGemmaForConditionalGeneration(paligemma_config(variant))
+        expert_cfg = gemma_config(variant.action_expert, variant.vocab_size)
         self.gemma_expert = GemmaForCausalLM(expert_cfg)
         self.gemma_expert.model.embed_tokens = None  # the expert has no embedding table (gemma_pytorch.py:58)
         # LeRobot's lm_heads end up untied from embed_tokens (it replaces `.model` after transformers tied them;
@@ -114,36 +87,6 @@ class TorchPolicy(nn.Module):
         super().__init__()
         self.variant = variant
         self.model = PiCore(variant)
-
-
-# --- safetensors, memory-mapped -------------------------------------------------------------------------
-
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64}
-
-
-@dataclass(frozen=True)
-class MappedWeights:
-    tensors: dict[str, torch.Tensor]
-    mapping: mmap.mmap
-
-
-def mmap_safetensors(path: Path) -> MappedWeights:
-    """Tensors backed by a private (copy-on-write) mapping of the file: nothing is read until used."""
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    n = int.from_bytes(mm[:8], "little")
-    header = json.loads(mm[8:8 + n])
-    base = 8 + n
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _ST_DTYPES[info["dtype"]]
-        start, end = info["data_offsets"]
-        count = (end - start) // torch.tensor([], dtype=dtype).element_size()
-        t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start) if count else torch.empty(0, dtype=dtype)
-        tensors[name] = t.view(info["shape"])
-    return MappedWeights(tensors, mm)
 
 
 def load_policy(out_dir: Path, variant: Variant, runtime_dtype: str) -> TorchPolicy:

@@ -20,7 +20,7 @@ from pibridge.convert.lora import EXPERTS, LoraSetting, LoraTree, attn_scalings,
 from pibridge.convert.mapping import STACKED_ROOTS
 from pibridge.convert.tree import flatten, nest, openpi_tree_shapes
 from pibridge.errors import PibridgeError
-from pibridge.parity.jax_stack.precision import PrecisionPolicy
+from pibridge.parity.stacks.jax.precision import PrecisionPolicy
 
 Path = tuple[str, ...]
 

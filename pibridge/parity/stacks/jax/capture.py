@@ -2,7 +2,7 @@
 checkpoint's parameter tree, OpenPI's action postprocessing. Never imports torch.
 
 Pipeline (OpenPI Policy.infer at 15a9616, policies/policy_config.py:75-93): profile + norm stats + tokenizer ->
-openpi_preprocess.preprocess_detailed -> jax_stack.run_policy -> openpi_preprocess.postprocess_actions
+openpi_preprocess.preprocess_detailed -> stacks.jax.run_policy -> openpi_preprocess.postprocess_actions
 : Unnormalize alone = stage actions/unnormalized (B, A, action_dim); after AbsoluteActions and the robot outputs
 (pibridge.hostx) = stage actions/robot.
 """
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from pibridge.convert.fingerprint import Fingerprint
 from pibridge.parity import stages as st
-from pibridge.parity.capture import (CaptureRequest, load_model_inputs, package_versions, preprocessing_record,
+from pibridge.parity.request import (CaptureRequest, load_model_inputs, package_versions, preprocessing_record,
                                      resolve_profile, save_model_inputs)
 from pibridge.parity.observation import load_observation
 from pibridge.parity.stages import StageRecorder
@@ -23,7 +23,7 @@ from pibridge.parity.stages import StageRecorder
 def capture_jax(req: CaptureRequest) -> tuple[StageRecorder, dict]:
     from pibridge.convert.detect import detect
     from pibridge.convert.reader import open_checkpoint
-    from pibridge.parity.jax_stack import get_policy, prepare_params, run_policy
+    from pibridge.parity.stacks.jax import get_policy, prepare_params, run_policy
     from pibridge.parity.openpi_preprocess import (observation_dict, postprocess_actions, preprocess_detailed,
                                                    unnormalize_actions)
     from pibridge.tokenizer import load_tokenizer
@@ -83,3 +83,13 @@ def fingerprinting(ck, fp: Fingerprint) -> SimpleNamespace:
         return arr
 
     return SimpleNamespace(leaves=ck.leaves, read=read)
+
+
+def golden_stages(params, variant, inputs, noise, precision: str):
+    """The JAX stack on a golden case, every stage recorded; -> (actions, stages without goldens.DROPPED_STAGES)."""
+    from pibridge.parity.goldens import DROPPED_STAGES, NUM_STEPS
+    from pibridge.parity.stacks.jax import run_policy
+
+    rec = StageRecorder()
+    actions = run_policy(params, variant, inputs, noise, precision=precision, num_steps=NUM_STEPS, record=rec)
+    return actions, [s for s in rec if s.name not in DROPPED_STAGES]

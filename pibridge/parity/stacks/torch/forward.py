@@ -21,7 +21,7 @@ from pibridge.parity import stages as st
 from pibridge.parity.inputs import ModelInputs
 from pibridge.parity.stages import StageRecorder
 from pibridge.fixes import shims as compat
-from pibridge.parity.torch_stack.model import AdaRMSNorm, TorchPolicy
+from pibridge.parity.stacks.torch.model import AdaRMSNorm, TorchPolicy
 
 MASK_VALUE = -2.3819763e38  # lerobot utils/constants.py OPENPI_ATTENTION_MASK_VALUE = openpi gemma.py big_neg
 MIN_PERIOD, MAX_PERIOD = 4e-3, 4.0  # PI05Config.min_period / max_period = openpi pi0.py:47-63

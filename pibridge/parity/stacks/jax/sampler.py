@@ -25,9 +25,9 @@ from pibridge.configs import Variant
 from pibridge.errors import PibridgeError
 from pibridge.parity import stages as st
 from pibridge.parity.inputs import ModelInputs
-from pibridge.parity.jax_stack import gemma, pi0, siglip
-from pibridge.parity.jax_stack.params import ModelParams, prepare_params
-from pibridge.parity.jax_stack.precision import get_policy, use
+from pibridge.parity.stacks.jax import gemma, pi0, siglip
+from pibridge.parity.stacks.jax.params import ModelParams, prepare_params
+from pibridge.parity.stacks.jax.precision import get_policy, use
 from pibridge.parity.stages import StageRecorder
 
 if TYPE_CHECKING:
