@@ -143,6 +143,7 @@ def convert(
     adapt_to_pi: Annotated[Optional[bool], typer.Option("--adapt-to-pi/--no-adapt-to-pi", help="ALOHA joint flips and gripper conversion (aloha_policy.py adapt_to_pi), as pibridge plugin steps in OUT's processors.")] = None,
     default_prompt: Annotated[Optional[str], typer.Option(help="Prompt used when an observation has none (OpenPI's InjectDefaultPrompt).")] = None,
     robot: Annotated[Optional[str], typer.Option(help="Robot family: aloha, droid, libero or none (action names for LeRobot).")] = None,
+    openpi_resize: Annotated[bool, typer.Option("--openpi-resize/--no-openpi-resize", help="OpenPI's host image resize (PIL letterbox to 224x224 on uint8, openpi-client image_tools) as a pibridge step in OUT's preprocessor, for cameras that are not 224x224 (LeRobot's own resize is torch bilinear).")] = False,
     lerobot_version: Annotated[str, typer.Option(help="Target LeRobot release: 0.5.1, 0.6.0, 0.6.1 (decides config.json fields and the transformers key layout).")] = DEFAULT_LEROBOT_VERSION,
     transformers_version: Annotated[Optional[str], typer.Option(help="Override the transformers release whose key layout is written (default: what --lerobot-version pins).")] = None,
     weights_dtype: Annotated[str, typer.Option(**DTYPE, help="dtype of model.safetensors: float32, or LeRobot's bfloat16 layout (norms, vision, heads fp32)." + DTYPE_HELP)] = "float32",
@@ -170,7 +171,7 @@ def convert(
         empty_cameras=tuple(s.strip() for s in (empty_cameras or "").split(",") if s.strip()),
         lerobot_version=lerobot_version, transformers_version=transformers_version,
         weights_dtype=weights_dtype, runtime_dtype=runtime_dtype, asset_id=asset_id, tokenizer=tokenizer,
-        fold_norm_eps=fold_norm_eps, fold_bf16_params=fold_bf16_params, allow_tiny=allow_tiny, allow_nonfinite=allow_nonfinite, dry_run=dry_run,
+        fold_norm_eps=fold_norm_eps, fold_bf16_params=fold_bf16_params, openpi_resize=openpi_resize, allow_tiny=allow_tiny, allow_nonfinite=allow_nonfinite, dry_run=dry_run,
         force=force, lora_alpha=lora_alpha, lora_rslora=lora_rslora))
 
 

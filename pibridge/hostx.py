@@ -1,6 +1,7 @@
 """OpenPI's host-side transforms (what `Policy` runs around the model), one home for each one's math.
 
-Upstream: Physical-Intelligence/openpi at 15a9616. numpy only (float64 in, float64 out; torch callers convert):
+Upstream: Physical-Intelligence/openpi at 15a9616. numpy only (float64 in, float64 out; torch callers convert;
+the image resize imports Pillow lazily, as openpi-client does):
 the JAX side (pibridge.parity.openpi_preprocess), the LeRobot processor steps of the pibridge plugin
 (plugins/lerobot_policy_pibridge) and the parity stacks all call these functions. Imports neither torch nor lerobot.
 """
@@ -116,3 +117,53 @@ def droid_state(joint_position: np.ndarray, gripper_position: np.ndarray) -> np.
     g = np.asarray(gripper_position)
     g = g[np.newaxis] if g.ndim == 0 else g
     return np.concatenate([np.asarray(joint_position), g], axis=-1)
+
+
+# -------------------------------------------------------------------------------------------- images
+IMAGE_SIZE = 224  # model.py:47 IMAGE_RESOLUTION; config.py:131 ResizeImages(224, 224)
+
+
+def image_to_uint8(img: np.ndarray) -> np.ndarray:
+    """Float images become uint8 as OpenPI does: (255 * x).astype(uint8), truncating (openpi-client
+    image_tools.py:5-12 convert_to_uint8; droid_policy.py:23-24, libero_policy.py:22-23, aloha_policy.py:168-169).
+    A LeRobot frame's x = u / 255 (float32 or float64) comes back as exactly u for all 256 values (measured)."""
+    img = np.asarray(img)
+    if np.issubdtype(img.dtype, np.floating):
+        return (255 * img).astype(np.uint8)
+    if img.dtype != np.uint8:
+        from pibridge.errors import PibridgeError
+
+        raise PibridgeError(f"image dtype {img.dtype}", expected="uint8 or float in [0, 1]", fix="convert the image")
+    return img
+
+
+def resize_with_pad(img: np.ndarray, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., height, width, 3) uint8 as openpi-client image_tools.py:15-58: PIL BILINEAR
+    resize keeping the aspect ratio (sizes truncated by int()), pasted on black at the truncated centre offset.
+    A no-op when already height x width (:28-29)."""
+    if img.shape[-3:-1] == (height, width):
+        return img
+    flat = img.reshape(-1, *img.shape[-3:])  # (..., H, W, 3) -> (B', H, W, 3)
+    out = np.stack([_resize_one(im, height, width) for im in flat])
+    return out.reshape(*img.shape[:-3], *out.shape[-3:])  # (B', h, w, 3) -> (..., h, w, 3)
+
+
+def _resize_one(im: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    cur_h, cur_w = im.shape[:2]
+    ratio = max(cur_w / width, cur_h / height)  # image_tools.py:48-50
+    new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
+    resized = Image.fromarray(im).resize((new_w, new_h), resample=Image.BILINEAR)
+    canvas = Image.new(resized.mode, (width, height), 0)
+    top, left = max(0, int((height - new_h) / 2)), max(0, int((width - new_w) / 2))  # image_tools.py:54-55
+    canvas.paste(resized, (left, top))
+    return np.asarray(canvas)
+
+
+def openpi_resize_float01(img: np.ndarray, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> np.ndarray:
+    """A LeRobot frame's image, float [0, 1] (..., H, W, 3), through OpenPI's host resize: to uint8 as OpenPI
+    converts floats (image_to_uint8), resize_with_pad, back to float32 u / 255 (LeRobot's frame convention). For a
+    frame built from a client's uint8 u (x = u / 255) this is OpenPI's resize of u itself, so the model then sees
+    OpenPI's pixels; at height x width only the uint8 quantization remains (OpenPI applies it too)."""
+    return resize_with_pad(image_to_uint8(img), height, width).astype(np.float32) / np.float32(255.0)

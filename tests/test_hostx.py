@@ -157,3 +157,82 @@ def test_delta_out_records_the_rollout_note(tmp_path):
     assert host["delta_action_mask"] == [True] * 6 + [False] and host["action_feature_names"][-1] == "gripper"
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["use_relative_actions"] is True and cfg["relative_exclude_joints"] == ["gripper"]
+
+
+# ------------------------------------------------------------------------------------ openpi_resize
+CLIENT_PY = Path(__file__).resolve().parents[1] / ".venvs" / "openpi-client" / "bin" / "python"
+
+
+@pytest.mark.skipif(not CLIENT_PY.exists(), reason="no .venvs/openpi-client (tools/openpi_client_env.sh)")
+def test_resize_equals_the_real_openpi_client(tmp_path):
+    """hostx.resize_with_pad / image_to_uint8 vs openpi_client.image_tools (the real package, its own venv and Pillow)
+    on ALOHA's and LIBERO's sizes and odd ones, and a float image as OpenPI's convert_to_uint8 quantizes it."""
+    import subprocess
+
+    rng = np.random.default_rng(1)
+    imgs = {f"u{i}": rng.integers(0, 256, (*s, 3), dtype=np.uint8)
+            for i, s in enumerate([(480, 640), (256, 256), (7, 13), (300, 100), (224, 224)])}
+    imgs["f"] = rng.uniform(0, 1, (45, 61, 3)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", **imgs)
+    code = ("import sys, numpy as np; from openpi_client import image_tools as t\n"
+            "d = np.load(sys.argv[1]); out = {k: t.resize_with_pad(d[k], 224, 224) for k in d.files if k != 'f'}\n"
+            "out['f'] = t.convert_to_uint8(d['f'])\nnp.savez(sys.argv[2], **out)\n")
+    subprocess.run([str(CLIENT_PY), "-c", code, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], check=True)
+    theirs = np.load(tmp_path / "out.npz")
+    for k, img in imgs.items():
+        ours = hostx.image_to_uint8(img) if k == "f" else hostx.resize_with_pad(img)
+        np.testing.assert_array_equal(ours, theirs[k], err_msg=k)
+    assert not np.array_equal(theirs["u0"], hostx.resize_with_pad(imgs["u0"][:, ::-1]))  # the test can fail
+
+
+def test_openpi_resize_of_a_lerobot_frame_is_openpis_resize_of_the_uint8():
+    """A LeRobot frame's image is u / 255 in float32: OpenPI's float -> uint8 (truncating) gives u back for every
+    value, so the plugin step's resize of the frame is OpenPI's resize of the client's uint8."""
+    u = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(hostx.image_to_uint8(u.astype(np.float32) / np.float32(255)), u)
+    img = np.random.default_rng(2).integers(0, 256, (2, 480, 640, 3), dtype=np.uint8)
+    out = hostx.openpi_resize_float01(img.astype(np.float32) / np.float32(255))
+    assert out.dtype == np.float32 and out.shape == (2, 224, 224, 3)
+    np.testing.assert_array_equal(out, hostx.resize_with_pad(img).astype(np.float32) / np.float32(255))
+
+
+def test_convert_openpi_resize_writes_the_step_and_the_torch_stack_runs_it(tmp_path):
+    """--openpi-resize: OUT's preprocessor has pibridge's resize step (class path), pibridge.json records it, and the
+    torch stack's chain reader applies it: its images equal OpenPI's host side's on a 480x640 observation (without
+    the step: LeRobot's torch resize, different)."""
+    import json
+
+    from pibridge.convert.convert import ConvertRequest, convert
+    from pibridge.convert.reader import open_checkpoint
+    from pibridge.convert.synth import write_synthetic_checkpoint
+    from pibridge.parity import lerobot_preprocess as lp
+    from pibridge.parity import openpi_preprocess as op
+    from pibridge.parity.observation import synthetic_observation
+    from pibridge.tokenizer import load_tokenizer
+
+    ck = tmp_path / "ck"
+    write_synthetic_checkpoint(ck, variant="tiny-pi0", profile="pi0_libero", asset_id="physical-intelligence/libero",
+                               progress=False)
+    outs = {}
+    for flag in (True, False):
+        outs[flag] = tmp_path / f"out-{flag}"
+        rec = convert(ConvertRequest(ckpt=ck, out=outs[flag], profile="pi0_libero", allow_tiny=True, openpi_resize=flag,
+                                     camera_map="base_0_rgb=image,left_wrist_0_rgb=wrist_image"))
+        assert rec["host_transforms"]["openpi_resize"] is flag
+    steps = json.loads((outs[True] / "policy_preprocessor.json").read_text())["steps"]
+    resize = [s for s in steps if s.get("class", "").endswith(".OpenPIResizeStep")]
+    assert resize == [{"class": "lerobot_policy_pibridge.steps.OpenPIResizeStep", "config": {"height": 224, "width": 224}}]
+    assert not any("Resize" in s.get("class", "") for s in json.loads(
+        (outs[False] / "policy_preprocessor.json").read_text())["steps"])
+
+    p = load_profile("pi0_libero")
+    obs = synthetic_observation(batch=1, horizon=p.action_horizon, state_dim=p.state_dim, seed=4,
+                                image_sizes={"base_0_rgb": (480, 640), "left_wrist_0_rgb": (480, 640)})
+    tok = load_tokenizer(Path(__file__).parent / "data" / "test_spm.model")
+    want = op.preprocess(op.observation_dict(obs), p, open_checkpoint(ck).norm_stats(p.asset_id), tok).images[:, :2]
+    files = {flag: lp.load_lerobot_files(outs[flag]) for flag in outs}
+    assert files[True].chain.openpi_resize and not files[False].chain.openpi_resize
+    with_step = lp.preprocess(obs, files[True], tok, resize="lerobot")
+    without = lp.preprocess(obs, files[False], tok, resize="lerobot")
+    np.testing.assert_array_equal(with_step.inputs.images[:, :2], want)
+    assert np.abs(without.inputs.images[:, :2] - want).max() > 0.05

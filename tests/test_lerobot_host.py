@@ -1,16 +1,15 @@
 """OpenPI's host transforms on the real LeRobot 0.6.1: OUT loaded the ordinary way (from_pretrained +
 make_pre_post_processors + predict_action_chunk + postprocessor, with the pibridge plugin's steps) gives the robot
 the action OpenPI's Policy gives it (the JAX stack + OpenPI's output transforms, pibridge.hostx), on the same raw
-observation and noise. Tiny variants, float32, 224x224 images. An OUT without the plugin fails loudly."""
+observation and noise. Tiny variants, float32, 224x224 images and (with --openpi-resize) a client's native size.
+An OUT without the plugin fails loudly."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "lerobot"))
@@ -18,45 +17,25 @@ import harness as h  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 ROBOT_MAX_ABS = 1e-4  # tiny float32: model stages agree to ~1e-5 (test_lerobot_real.py)
-CASES = {  # profile -> camera map (LeRobot names) and the empty slots of the observation
-    "pi05_aloha": ("base_0_rgb=cam_high,left_wrist_0_rgb=cam_left_wrist,right_wrist_0_rgb=cam_right_wrist", ()),
-    "pi0_libero": ("base_0_rgb=image,left_wrist_0_rgb=wrist_image", ("right_wrist_0_rgb",)),
-    "pi05_droid": ("base_0_rgb=exterior_image_1_left,left_wrist_0_rgb=wrist_image_left", ("right_wrist_0_rgb",)),
-}
-PLUGIN = h.ROOT / "plugins" / "lerobot_policy_pibridge"
+ALOHA = h.NATIVE_SIZES["aloha"]
+# (profile, image size (None: 224x224), --openpi-resize); the slow sweep is bench/robot_actions.py's
+GATE = [("pi05_aloha", None, False), ("pi0_libero", None, False),  # host transforms at 224x224
+        ("pi05_aloha", ALOHA, True), ("pi05_aloha", ALOHA, False)]  # ALOHA's 480x640 with / without OpenPI's resize
 
 
 def _env() -> dict:
-    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
-                PYTHONPATH=os.pathsep.join([str(h.ROOT), str(PLUGIN)]))
+    return h.plugin_env()
 
 
 def _setup(work: Path, profile: str):
     from pibridge.convert.profile import load_profile
 
     p = load_profile(profile)
-    cams, empty = CASES[profile]
+    cams, empty = h.profile_cameras(p)
     ck = h.make_ckpt(work, p.model, profile, asset=p.asset_id)
     out = h.make_tiny_out(work, p.model, "0.6.1", "float32", profile=profile, camera_map=cams, ckpt=ck)
     obs, path = h.observation(work, p.model, state_dim=p.state_dim, empty=empty, profile=profile, name=f"obs-{profile}")
     return p, ck, out, obs, path
-
-
-def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
-    """OpenPI's Policy.infer on the JAX stack: host preprocessing, model, Unnormalize + AbsoluteActions + outputs."""
-    from pibridge.configs import load_variant
-    from pibridge.convert.detect import detect
-    from pibridge.convert.reader import open_checkpoint
-    from pibridge.parity.stacks.jax import run_policy
-    from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess
-    from pibridge.tokenizer import load_tokenizer
-
-    c = open_checkpoint(ck)
-    stats = c.norm_stats(p.asset_id)
-    inputs = preprocess(observation_dict(obs), p, stats, load_tokenizer(h.TOKENIZER))
-    actions = run_policy(c.read_tree(), load_variant(detect(c.leaves).variant.name), inputs, obs.noise,
-                         precision="float32")
-    return postprocess_actions(np.asarray(actions), inputs.state, p, stats)
 
 
 @pytest.fixture(scope="module")
@@ -64,32 +43,33 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("lerobot-host")
 
 
-@pytest.mark.parametrize("profiles", [("pi05_aloha", "pi0_libero"),  # host transforms: in the gate
-                                      pytest.param(("pi05_droid",), marks=pytest.mark.slow)])  # none (gate budget)
-def test_robot_action_matches_openpi_on_real_lerobot(work, profiles):
-    from pibridge.parity import stages as st
-    from pibridge.parity.trace import read_trace
+def _check(results):
+    from pibridge.convert.profile import load_profile
 
-    py = h.venv_python("lr-0.6.1")
-    setups = {name: _setup(work, name) for name in profiles}
-    argv = [str(py), str(Path(__file__).parent / "lerobot" / "capture_many.py")]
-    for name, (_, _, out, _, path) in setups.items():
-        argv += [str(out), str(path), str(work / f"lr-{name}.safetensors")]
-    r = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=h.ROOT, timeout=800)
-    assert r.returncode == 0, r.stderr[-4000:]
-    worst = {}
-    for name, (p, ck, _, obs, _) in setups.items():
-        lr = read_trace(work / f"lr-{name}.safetensors").stages
-        expected = openpi_robot_actions(ck, p, obs)
-        got = lr[st.ACTIONS_ROBOT].value
-        assert got.shape == expected.shape == (1, p.action_horizon, p.action_dim)
-        worst[name] = float(np.abs(got - expected).max())
-        # the host transforms matter here: the unnormalized action alone is far from the robot's for delta/aloha
-        gap = float(np.abs(lr[st.ACTIONS_UNNORMALIZED].value - expected).max())
-        print(f"{name}: robot action max-abs {worst[name]:.2e} (Unnormalize alone vs OpenPI's robot action {gap:.2e})")
-        if p.adapt_to_pi or p.delta_action_mask:
-            assert gap > 100 * ROBOT_MAX_ABS, (name, gap)
-    assert all(v <= ROBOT_MAX_ABS for v in worst.values()), worst
+    by = {(r["profile"], r["size"], r["openpi_resize"]): r for r in results}
+    for r in results:
+        p = load_profile(r["profile"])
+        print(f"{r['profile']} {r['size'][0]}x{r['size'][1]} openpi_resize={r['openpi_resize']}: robot action max-abs "
+              f"{r['max_abs']:.2e} (Unnormalize alone vs OpenPI's robot action {r['unnormalized_gap']:.2e})")
+        if p.adapt_to_pi or p.delta_action_mask:  # the host transforms matter here
+            assert r["unnormalized_gap"] > 100 * ROBOT_MAX_ABS, r
+    good = {k: r["max_abs"] for k, r in by.items() if r["openpi_resize"] or k[1] == (224, 224)}
+    assert all(v <= ROBOT_MAX_ABS for v in good.values()), good
+    return by
+
+
+def test_robot_action_matches_openpi_on_real_lerobot(work):
+    """At 224x224 with OUT's defaults, and at ALOHA's 480x640 with --openpi-resize: OpenPI's robot action. Without
+    the step, LeRobot's own torch resize (no antialias, float) gives a different action."""
+    by = _check(h.robot_action_cases(work, GATE))
+    without = by[("pi05_aloha", ALOHA, False)]["max_abs"]
+    assert without > 10 * by[("pi05_aloha", ALOHA, True)]["max_abs"] and without > ROBOT_MAX_ABS, without
+
+
+@pytest.mark.slow
+def test_robot_action_sweep_over_the_shipped_profiles(work):
+    """Issue 14's acceptance: the 8 profiles, 224x224 defaults and the clients' native sizes with --openpi-resize."""
+    _check(h.robot_action_cases(work, h.sweep_cases()))
 
 
 def test_out_without_the_plugin_fails_naming_the_package(work):

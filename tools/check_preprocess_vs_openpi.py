@@ -252,7 +252,7 @@ def check_resize_across_pillow(python: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = pathlib.Path(tmp, "in.npz"), pathlib.Path(tmp, "out.npz")
         np.savez(src, *images)
-        code = ("import sys, numpy as np, PIL; from pibridge.parity.openpi_preprocess import resize_with_pad; "
+        code = ("import sys, numpy as np, PIL; from pibridge.hostx import resize_with_pad; "
                 "d = np.load(sys.argv[1]); np.savez(sys.argv[2], *[resize_with_pad(d[k]) for k in d.files]); "
                 "print(PIL.__version__)")
         ver = _run(python, code, str(src), str(dst))

@@ -60,6 +60,7 @@ class ConvertRequest:
     tokenizer: Path | None = None
     fold_norm_eps: bool = False
     fold_bf16_params: bool = False
+    openpi_resize: bool = False  # OpenPI's host PIL resize as a plugin step (for clients sending non-224 images)
     allow_tiny: bool = False
     allow_nonfinite: bool = False
     dry_run: bool = False
@@ -206,7 +207,7 @@ def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | Non
         normalization_mapping={"VISUAL": "IDENTITY", "STATE": NORM_MODES[p.norm], "ACTION": NORM_MODES[p.norm]},
         allow_unknown_variants=req.allow_tiny, extra=_relative_fields(p))
     kw = {"tokenizer_name": tokenizer_name} if tokenizer_name else {}
-    host = HostSteps.for_profile(p)
+    host = HostSteps.for_profile(p, openpi_resize=req.openpi_resize)
     pre, post = build_processor_jsons(req.lerobot_version, config, host=host, **kw)
     prompt = "openpi-state" if model == "pi05" else "openpi-pi0"
     if model == "pi05" and not p.discrete_state_input:
@@ -400,7 +401,7 @@ def _provenance(r: Resolved, req: ConvertRequest, side: dict, fingerprint: str,
         "profile": r.profile.to_dict(), "camera_names": list(r.camera_names), "empty_slots": list(r.empty_slots),
         "prompt_format": side["prompt"],
         "host_transforms": {"default_prompt": side["host"].default_prompt, "prompt_clean": side["host"].prompt_clean,
-                            "adapt_to_pi": side["host"].adapt_to_pi,
+                            "adapt_to_pi": side["host"].adapt_to_pi, "openpi_resize": side["host"].openpi_resize,
                             "delta_action_mask": list(r.profile.delta_action_mask or ()),
                             "action_feature_names": side["config"].get("action_feature_names"),
                             "notes": [DELTA_NOTE] if r.profile.delta_action_mask else []},

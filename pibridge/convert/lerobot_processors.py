@@ -16,6 +16,7 @@ from typing import Any
 
 from pibridge.convert.lerobot_config import version_data
 from pibridge.errors import PibridgeError
+from pibridge.hostx import IMAGE_SIZE
 
 PAD_TOKENIZER = "google/paligemma-3b-pt-224"  # hard-coded in both processor factories
 LEROBOT_NORM_EPS = 1e-8  # normalize_processor.py:97
@@ -29,11 +30,12 @@ class HostSteps:
     default_prompt: str | None = None  # InjectDefaultPrompt (transforms.py:104-111)
     prompt_clean: bool = False  # pi0-format prompts: models/tokenizer.py:23 (LeRobot's pi0 newline step does not)
     adapt_to_pi: bool = False  # AlohaInputs / AlohaOutputs (aloha_policy.py:181-202)
+    openpi_resize: bool = False  # ResizeImages on the host (openpi-client image_tools.py:15-58), by convert's flag
 
     @classmethod
-    def for_profile(cls, p) -> HostSteps:
+    def for_profile(cls, p, openpi_resize: bool = False) -> HostSteps:
         return cls(default_prompt=p.default_prompt, prompt_clean=not (p.pi05 and p.discrete_state_input),
-                   adapt_to_pi=bool(p.adapt_to_pi))
+                   adapt_to_pi=bool(p.adapt_to_pi), openpi_resize=openpi_resize)
 
     def pre(self) -> list[dict[str, Any]]:
         """Steps between to_batch_processor and the relative-action / normalizer / tokenizer steps."""
@@ -44,6 +46,8 @@ class HostSteps:
             out.append(_plugin("PromptCleanStep", {}))
         if self.adapt_to_pi:
             out.append(_plugin("AdaptToPiInputsStep", {}))
+        if self.openpi_resize:  # before the model's own resize (inside predict_action_chunk)
+            out.append(_plugin("OpenPIResizeStep", {"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
         return out
 
     def post(self) -> list[dict[str, Any]]:

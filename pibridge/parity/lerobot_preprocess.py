@@ -77,10 +77,11 @@ PLUGIN_STEPS = "lerobot_policy_pibridge.steps."
 KNOWN_PRE = {"rename_observations_processor", "to_batch_processor", "relative_actions_processor",
              "delta_actions_processor", "normalizer_processor", "pi05_prepare_state_tokenizer_processor_step",
              "pi0_new_line_processor", "tokenizer_processor", "device_processor",
-             "DefaultPromptStep", "PromptCleanStep", "AdaptToPiInputsStep"}
+             "DefaultPromptStep", "PromptCleanStep", "AdaptToPiInputsStep", "OpenPIResizeStep"}
 KNOWN_POST = {"unnormalizer_processor", "absolute_actions_processor", "device_processor", "AdaptToPiOutputsStep"}
 _REGISTRY = {"pibridge_default_prompt": "DefaultPromptStep", "pibridge_prompt_clean": "PromptCleanStep",
-             "pibridge_adapt_to_pi_inputs": "AdaptToPiInputsStep", "pibridge_adapt_to_pi_outputs": "AdaptToPiOutputsStep"}
+             "pibridge_adapt_to_pi_inputs": "AdaptToPiInputsStep", "pibridge_adapt_to_pi_outputs": "AdaptToPiOutputsStep",
+             "pibridge_openpi_resize": "OpenPIResizeStep"}
 
 
 def _step_name(step: dict) -> str:
@@ -97,6 +98,7 @@ class Chain:
     adapt_inputs: bool = False
     relative_mask: tuple[bool, ...] | None = None  # None: no enabled absolute step; else LeRobot's name mask
     adapt_outputs: bool = False
+    openpi_resize: bool = False  # pibridge_openpi_resize: OpenPI's host resize before LeRobot's own
 
     def robot_actions(self, unnormalized: np.ndarray, raw_state: np.ndarray) -> np.ndarray:
         """OUT's postprocessor after the unnormalizer: absolute actions (the state cached by the relative step, in
@@ -133,7 +135,7 @@ def read_chain(out: Path, pre_json: dict, post_json: dict, config: dict) -> Chai
             mask = tuple(hostx.lerobot_mask(names[:dim], exclude) + [True] * max(0, dim - len(names)))
     return Chain(prompt_clean="PromptCleanStep" in pre,
                  adapt_inputs="AdaptToPiInputsStep" in pre, relative_mask=mask,
-                 adapt_outputs="AdaptToPiOutputsStep" in post)
+                 adapt_outputs="AdaptToPiOutputsStep" in post, openpi_resize="OpenPIResizeStep" in pre)
 
 
 @dataclass(frozen=True)
@@ -220,11 +222,16 @@ def resize_with_pad_lerobot(images: np.ndarray, height: int = IMAGE_SIZE, width:
     return y.permute(0, 2, 3, 1).contiguous().numpy()  # (B,3,h,w) -> (B,h,w,3)
 
 
-def preprocess_image(img_uint8: np.ndarray, resize: str) -> np.ndarray:
+def preprocess_image(img_uint8: np.ndarray, resize: str, openpi_step: bool = False) -> np.ndarray:
     """(B, H, W, 3) uint8 -> (B, 224, 224, 3) float32 in [-1, 1]. resize "lerobot": LeRobot's torch resize on
-    float [0, 1]; "openpi": OpenPI's client-side PIL resize on uint8 first (what an OpenPI client sends)."""
+    float [0, 1]; "openpi": OpenPI's client-side PIL resize on uint8 first (what an OpenPI client sends).
+    openpi_step: OUT's pibridge_openpi_resize runs first on the frame (u / 255), leaving either resize a no-op."""
+    if openpi_step:
+        from pibridge.hostx import image_to_uint8, openpi_resize_float01
+
+        img_uint8 = image_to_uint8(openpi_resize_float01(to_float01(img_uint8)))  # exact: u / 255 * 255 -> u
     if resize == "openpi":
-        from pibridge.parity.openpi_preprocess import resize_with_pad
+        from pibridge.hostx import resize_with_pad
 
         img01 = to_float01(resize_with_pad(img_uint8))
     elif resize == "lerobot":
@@ -284,7 +291,7 @@ def preprocess(obs: Observation, files: LeRobotFiles, tokenizer: SentencePieceTo
     images, mask = [], []
     for c, (slot, camera) in enumerate(files.slot_cameras.items()):
         present = camera is not None and slot in obs.images
-        images.append(preprocess_image(obs.images[slot], resize) if present
+        images.append(preprocess_image(obs.images[slot], resize, files.chain.openpi_resize) if present
                       else np.full((b, IMAGE_SIZE, IMAGE_SIZE, 3), -1.0, np.float32))  # modeling_pi05.py:1011
         col = obs.image_mask[:, obs.slots.index(slot)] if present else np.zeros(b, bool)
         mask.append(col)

@@ -24,18 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from pibridge.convert import normstats
 from pibridge.convert.normstats import NormStats
 from pibridge.convert.profile import Profile
 from pibridge.errors import PibridgeError
-from pibridge.hostx import absolute_actions, aloha_actions_from_pi, aloha_state_to_pi, clean_prompt, inject_default_prompt
+from pibridge.hostx import (IMAGE_SIZE, absolute_actions, aloha_actions_from_pi, aloha_state_to_pi, clean_prompt,  # noqa: F401
+                            image_to_uint8, inject_default_prompt, resize_with_pad)  # images: one home, hostx
 from pibridge.parity.inputs import ModelInputs
 from pibridge.tokenizer import PAD_ID, SentencePieceTokenizer
 from pibridge.vocab import MODEL_ACTION_DIM, OPENPI_SLOTS
 
-IMAGE_SIZE = 224  # model.py:47 IMAGE_RESOLUTION; config.py:131 ResizeImages(224, 224)
 STATE_BINS = 256  # models/tokenizer.py:26
 _EPS = 1e-6  # transforms.py:139, :145, :173, :180-181
 
@@ -98,39 +97,6 @@ def pad_to_dim(x: np.ndarray, dim: int, value: float = 0.0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- images
-def image_to_uint8(img: np.ndarray) -> np.ndarray:
-    """Float images become uint8 as the robot policies do: (255 * x).astype(uint8), truncating
-    (droid_policy.py:23-24, libero_policy.py:22-23, aloha_policy.py:168-169)."""
-    img = np.asarray(img)
-    if np.issubdtype(img.dtype, np.floating):
-        return (255 * img).astype(np.uint8)
-    if img.dtype != np.uint8:
-        raise PibridgeError(f"image dtype {img.dtype}", expected="uint8 or float in [0, 1]", fix="convert the image")
-    return img
-
-
-def resize_with_pad(img: np.ndarray, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> np.ndarray:
-    """(..., H, W, 3) uint8 -> (..., height, width, 3) uint8 as openpi-client image_tools.py:15-58: PIL BILINEAR
-    resize keeping the aspect ratio (sizes truncated by int()), pasted on black at the truncated centre offset.
-    A no-op when already height x width."""
-    if img.shape[-3:-1] == (height, width):
-        return img
-    flat = img.reshape(-1, *img.shape[-3:])  # (..., H, W, 3) -> (B', H, W, 3)
-    out = np.stack([_resize_one(im, height, width) for im in flat])
-    return out.reshape(*img.shape[:-3], *out.shape[-3:])  # (B', h, w, 3) -> (..., h, w, 3)
-
-
-def _resize_one(im: np.ndarray, height: int, width: int) -> np.ndarray:
-    cur_h, cur_w = im.shape[:2]
-    ratio = max(cur_w / width, cur_h / height)  # image_tools.py:48-50
-    new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
-    resized = Image.fromarray(im).resize((new_w, new_h), resample=Image.BILINEAR)
-    canvas = Image.new(resized.mode, (width, height), 0)
-    top, left = max(0, int((height - new_h) / 2)), max(0, int((width - new_w) / 2))  # image_tools.py:54-55
-    canvas.paste(resized, (left, top))
-    return np.asarray(canvas)
-
-
 def image_to_float(img: np.ndarray) -> np.ndarray:
     """uint8 -> float32 in [-1, 1], op by op in float32 as model.py:117-118: x / 255 * 2 - 1, a true division
     as OpenPI's pinned jax 0.5.3 computes it eagerly (jax 0.10 divides by the reciprocal instead: up to 1 ulp

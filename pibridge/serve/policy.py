@@ -107,7 +107,7 @@ def _state(obs: Mapping[str, Any], profile: Profile) -> np.ndarray:
 
 def _image(value: Any, key: str, chw_only: bool) -> np.ndarray:
     """-> (224, 224, 3) uint8 (droid_policy.py:21-27 / aloha_policy.py:165-171, then ResizeImages)."""
-    from pibridge.parity.openpi_preprocess import image_to_uint8, resize_with_pad
+    from pibridge.hostx import image_to_uint8, resize_with_pad
 
     img = _numeric(value, key)
     layout = "(3, H, W)" if chw_only else "(H, W, 3) or (3, H, W)"

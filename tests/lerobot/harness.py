@@ -4,6 +4,9 @@ make_tiny_out: synth a tiny OpenPI checkpoint + `pibridge convert` for a LeRobot
 jax_trace: OpenPI host preprocessing + the JAX stack on an observation (in this process: the project venv).
 lerobot_capture: `python -m pibridge.cli parity capture --stack lerobot` in a LeRobot venv (tiny OUTs patched by the
 capture itself).
+robot_action_cases: the robot's action, real LeRobot on OUT (one capture_many subprocess) vs OpenPI's host side on
+the JAX stack (openpi_robot_actions), per (profile, image size, --openpi-resize) case; bench/robot_actions.py and
+tests/test_lerobot_host.py use it.
 """
 
 from __future__ import annotations
@@ -41,14 +44,15 @@ def make_ckpt(root: Path, model: str, profile: str | None = None, asset: str = "
 
 
 def make_tiny_out(root: Path, model: str, lerobot: str, runtime: str, *, profile: str | None = None,
-                  camera_map: str = "base_0_rgb=top,left_wrist_0_rgb=wrist", ckpt: Path | None = None) -> Path:
+                  camera_map: str = "base_0_rgb=top,left_wrist_0_rgb=wrist", ckpt: Path | None = None,
+                  openpi_resize: bool = False) -> Path:
     from pibridge.convert.convert import ConvertRequest, convert
 
-    out = root / f"out-{model}-{lerobot}-{runtime}-{profile or 'droid'}"
+    out = root / f"out-{model}-{lerobot}-{runtime}-{profile or 'droid'}{'-resize' if openpi_resize else ''}"
     if not out.exists():
         convert(ConvertRequest(ckpt=ckpt or make_ckpt(root, model, profile), out=out, profile=profile or f"{model}_droid",
                                camera_map=camera_map, lerobot_version=lerobot, runtime_dtype=runtime,
-                               tokenizer=TOKENIZER, allow_tiny=True))
+                               tokenizer=TOKENIZER, allow_tiny=True, openpi_resize=openpi_resize))
     return out
 
 
@@ -138,3 +142,95 @@ def stage_table(jax_path: Path, lr_path: Path):
             m = stage_metrics(a.stages[name], b.stages[name])
             table[name] = m if isinstance(m, str) else (m.cosine, m.max_abs)
     return table, b.meta
+
+
+# ------------------------------------------------------------------------------- the robot's action, per case
+PLUGIN = ROOT / "plugins" / "lerobot_policy_pibridge"
+NATIVE_SIZES = {"aloha": (480, 640), "droid": (720, 1280), "libero": (256, 256)}  # the example clients' cameras
+CAPTURE_MANY = Path(__file__).with_name("capture_many.py")
+SWEEP_PROFILES = ("pi0_aloha", "pi05_aloha", "pi0_aloha_towel", "pi0_aloha_sim", "pi0_droid", "pi05_droid",
+                  "pi0_libero", "pi05_libero")  # the shipped profiles with an OpenPI TrainConfig (not pi0/pi05_base)
+
+
+def sweep_cases(profiles=SWEEP_PROFILES, native: dict | None = None) -> list[tuple]:
+    """Issue 14's sweep: each profile at 224x224 with OUT's defaults, then at its client's native size (native
+    overrides NATIVE_SIZES per robot family) with --openpi-resize."""
+    from pibridge.convert.profile import load_profile
+
+    sizes = {**NATIVE_SIZES, **(native or {})}
+    return [(n, None, False) for n in profiles] + [(n, sizes[load_profile(n).robot], True) for n in profiles]
+
+
+def plugin_env() -> dict:
+    """A LeRobot subprocess's environment: offline, this checkout's pibridge and its plugin first on the path."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore",
+                PYTHONPATH=os.pathsep.join([str(ROOT), str(PLUGIN)]))
+
+
+def profile_cameras(p) -> tuple[str, tuple[str, ...]]:
+    """(--camera-map, empty slots) naming each LeRobot camera after the OpenPI client's key (cam_high, image, ...)."""
+    cams = p.require("cameras")
+    return (",".join(f"{c.slot}={c.source.split('/')[-1]}" for c in cams if not c.empty),
+            tuple(c.slot for c in cams if c.empty))
+
+
+def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
+    """OpenPI's Policy.infer on the JAX stack: host preprocessing (resize included), model, Unnormalize +
+    AbsoluteActions + robot outputs."""
+    from pibridge.configs import load_variant
+    from pibridge.convert.detect import detect
+    from pibridge.convert.reader import open_checkpoint
+    from pibridge.parity.stacks.jax import run_policy
+    from pibridge.parity.openpi_preprocess import observation_dict, postprocess_actions, preprocess
+    from pibridge.tokenizer import load_tokenizer
+
+    c = open_checkpoint(ck)
+    stats = c.norm_stats(p.asset_id)
+    inputs = preprocess(observation_dict(obs), p, stats, load_tokenizer(TOKENIZER))
+    actions = run_policy(c.read_tree(), load_variant(detect(c.leaves).variant.name), inputs, obs.noise,
+                         precision="float32")
+    return postprocess_actions(np.asarray(actions), inputs.state, p, stats)
+
+
+def robot_action_cases(work: Path, cases, timeout: int = 1800) -> list[dict]:
+    """cases: (profile, (H, W) or None for 224x224, openpi_resize). Each: a tiny float32 OUT (LeRobot 0.6.1) with
+    OUT's defaults (plus --openpi-resize if asked), one observation with every camera at that size, the robot's
+    action from the real LeRobot (all cases in one subprocess) and from OpenPI's host side on the JAX stack, same
+    observation and noise. -> per case {profile, size, openpi_resize, max_abs, unnormalized_gap, shape, seconds}."""
+    import time
+
+    from pibridge.convert.profile import load_profile
+    from pibridge.parity import stages as st
+    from pibridge.parity.trace import read_trace
+
+    py = venv_python("lr-0.6.1")
+    setups, argv = [], [str(py), str(CAPTURE_MANY)]
+    for profile, size, resize in cases:
+        p = load_profile(profile)
+        cams, empty = profile_cameras(p)
+        ck = make_ckpt(work, p.model, profile, asset=p.asset_id)
+        out = make_tiny_out(work, p.model, "0.6.1", "float32", profile=profile, camera_map=cams, ckpt=ck,
+                            openpi_resize=resize)
+        h, w = size or (224, 224)
+        sizes = {c.slot: (h, w) for c in p.require("cameras") if not c.empty}
+        obs, path = observation(work, p.model, state_dim=p.state_dim, sizes=sizes, profile=profile,
+                                name=f"obs-{profile}-{h}x{w}")
+        trace = work / f"lr-{profile}-{h}x{w}{'-resize' if resize else ''}.safetensors"
+        setups.append((p, ck, obs, trace, (h, w), resize))
+        argv += [str(out), str(path), str(trace)]
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, env=plugin_env(), cwd=ROOT, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-4000:]
+    lerobot_s = time.perf_counter() - t0
+    results = []
+    for p, ck, obs, trace, size, resize in setups:
+        t0 = time.perf_counter()
+        lr = read_trace(trace).stages
+        expected = openpi_robot_actions(ck, p, obs)
+        got = lr[st.ACTIONS_ROBOT].value
+        assert got.shape == expected.shape == (1, p.action_horizon, p.action_dim), (got.shape, expected.shape)
+        results.append({"profile": p.name, "size": size, "openpi_resize": resize, "shape": tuple(got.shape),
+                        "max_abs": float(np.abs(got - expected).max()),
+                        "unnormalized_gap": float(np.abs(lr[st.ACTIONS_UNNORMALIZED].value - expected).max()),
+                        "openpi_s": time.perf_counter() - t0, "lerobot_s": lerobot_s / len(setups)})
+    return results

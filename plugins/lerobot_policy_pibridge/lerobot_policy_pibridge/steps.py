@@ -8,7 +8,8 @@ not. Each step is also registered under a registry name (REGISTRY) so that LeRob
 
 Preprocessor: pibridge_default_prompt, pibridge_prompt_clean (before the tokenizer steps), pibridge_adapt_to_pi_inputs
 (before relative_actions_processor caches the state, so AbsoluteActions adds the pi-space state as OpenPI does,
-policy.py:92-95). Postprocessor: pibridge_adapt_to_pi_outputs after absolute_actions_processor.
+policy.py:92-95), pibridge_openpi_resize (optional: OpenPI's host PIL resize of every camera image, so
+LeRobot's own in-model torch resize finds 224x224 and does nothing). Postprocessor: pibridge_adapt_to_pi_outputs after absolute_actions_processor.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lerobot.processor import ProcessorStep, ProcessorStepRegistry, TransitionKe
 from pibridge import hostx
 
 OBS_STATE, ACTION, TASK = "observation.state", "action", "task"
+OBS_IMAGES = "observation.images."  # LeRobot camera features: float [0, 1] (B, 3, H, W) or (3, H, W)
 
 
 def _register(name: str):
@@ -109,4 +111,38 @@ class AdaptToPiOutputsStep(_Step):
         return {**transition, TransitionKey.ACTION: _numpy_map(action, hostx.aloha_actions_from_pi)}
 
 
-REGISTRY = {c.registry_name: c for c in (DefaultPromptStep, PromptCleanStep, AdaptToPiInputsStep, AdaptToPiOutputsStep)}
+@_register("pibridge_openpi_resize")
+@dataclass
+class OpenPIResizeStep(_Step):
+    """OpenPI's host ResizeImages (transforms.py:184-191 -> openpi-client image_tools.py:15-58) on every camera
+    image of the frame: CHW float [0, 1] -> HWC uint8 as OpenPI converts floats -> PIL letterbox -> u / 255 back
+    (hostx.openpi_resize_float01). Runs before the model's own resize (modeling_pi05.py:993-994), which then is
+    a no-op."""
+
+    height: int = hostx.IMAGE_SIZE
+    width: int = hostx.IMAGE_SIZE
+
+    def __call__(self, transition):
+        obs = transition.get(TransitionKey.OBSERVATION)
+        if not obs:
+            return transition
+        new = dict(obs)
+        for key, img in obs.items():
+            if key.startswith(OBS_IMAGES) and isinstance(img, torch.Tensor):
+                new[key] = self._resize(img)
+        return {**transition, TransitionKey.OBSERVATION: new}
+
+    def _resize(self, img: torch.Tensor) -> torch.Tensor:
+        if img.ndim not in (3, 4) or img.shape[-3] != 3 or not img.is_floating_point():
+            raise ValueError(f"pibridge_openpi_resize: image of shape {tuple(img.shape)} {img.dtype}; expected a "
+                             "LeRobot frame image, float [0, 1] (3, H, W) or (B, 3, H, W)")
+        hwc = img.detach().to("cpu", torch.float32).movedim(-3, -1).numpy()  # (..., 3, H, W) -> (..., H, W, 3)
+        out = hostx.openpi_resize_float01(hwc, self.height, self.width)
+        return torch.from_numpy(out).movedim(-1, -3).contiguous().to(device=img.device, dtype=img.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"height": self.height, "width": self.width}
+
+
+REGISTRY = {c.registry_name: c for c in (DefaultPromptStep, PromptCleanStep, AdaptToPiInputsStep, AdaptToPiOutputsStep,
+                                         OpenPIResizeStep)}

@@ -29,7 +29,7 @@ def resize_parity(obs: Observation) -> dict[str, dict]:
     """Per slot with a present non-224x224 image: OpenPI's vs LeRobot's resize on the 0-255 scale
     (cosine, max-abs, mean-abs over the whole resized batch of that slot)."""
     from pibridge.parity.lerobot_preprocess import resize_with_pad_lerobot, to_float01
-    from pibridge.parity.openpi_preprocess import resize_with_pad
+    from pibridge.hostx import resize_with_pad
 
     out = {}
     for c, (slot, img) in enumerate(obs.images.items()):
