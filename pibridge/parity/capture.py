@@ -101,7 +101,8 @@ def _check_inputs_readable(req: CaptureRequest) -> None:
 
 def check_observation_fits(obs_path: Path, rec: dict, out: Path) -> None:
     """The observation's horizon, state dim and filled camera slots against OUT's profile (pibridge.json)."""
-    from pibridge.convert.profile import SLOTS, profile_from_dict
+    from pibridge.convert.profile import profile_from_dict
+    from pibridge.vocab import OPENPI_SLOTS
     from pibridge.parity.observation import load_observation
 
     obs = load_observation(obs_path)
@@ -111,7 +112,7 @@ def check_observation_fits(obs_path: Path, rec: dict, out: Path) -> None:
         problems.append(f"noise horizon {obs.noise.shape[1]}, the profile's action_horizon is {prof.action_horizon}")
     if prof.state_dim is not None and obs.state.shape[1] != prof.state_dim:
         problems.append(f"state dim {obs.state.shape[1]}, the profile's state_dim is {prof.state_dim}")
-    filled = [s for s in SLOTS if s not in (rec.get("empty_slots") or [])]
+    filled = [s for s in OPENPI_SLOTS if s not in (rec.get("empty_slots") or [])]
     missing = [s for s in filled if s not in obs.slots]
     if missing:
         problems.append(f"no image for slot(s) {', '.join(missing)}, which OUT fills")

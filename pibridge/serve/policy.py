@@ -47,8 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from pibridge.convert.profile import SLOTS, Profile, load_profile, profile_from_dict
+from pibridge.convert.profile import Profile, load_profile, profile_from_dict
 from pibridge.errors import PibridgeError
+from pibridge.vocab import OPENPI_SLOTS
 
 MODEL_ACTION_DIM = 32  # pi0_config.py:25 action_dim: the noise's last axis
 IMAGE_SIZE = 224  # OpenPI's ResizeImages(224, 224), config.py:131
@@ -206,7 +207,7 @@ class LeRobotServedPolicy:
         prov = _read_provenance(self.out_dir)
         self.profile = profile_from_dict(prov["profile"])
         self.default_prompt = default_prompt
-        present = [s for s in SLOTS if s not in prov["empty_slots"]]
+        present = [s for s in OPENPI_SLOTS if s not in prov["empty_slots"]]
         self.camera_names = dict(zip(present, prov["camera_names"]))  # OpenPI slot -> OUT's LeRobot camera name
         if lerobot_tiny.needed(prov):
             lerobot_tiny.apply()
