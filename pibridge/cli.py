@@ -257,18 +257,21 @@ class Resize(str, Enum):
 def parity_obs(
     out: Annotated[Path, typer.Argument(help="Observation file to write (.safetensors).")],
     profile: Annotated[str, typer.Option(help="Policy profile (e.g. pi05_droid), a profile file (.json) or a converted OUT dir: gives horizon, state dim, empty cameras.")],
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 2,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size (default 2; with --from-client: the number of files).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of images, state and noise.")] = 0,
     horizon: Annotated[Optional[int], typer.Option(help="Override the profile's action horizon (noise length).")] = None,
     state_dim: Annotated[Optional[int], typer.Option(help="Override the profile's native state dim.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt (repeat once per sample; one prompt is used for all).")] = None,
     mask: Annotated[Optional[list[str]], typer.Option(help="SAMPLE:SLOT: mask one camera of one sample (repeatable), e.g. 1:left_wrist_0_rgb.")] = None,
+    from_client: Annotated[Optional[list[Path]], typer.Option(help="An OpenPI client dict (what a robot sends a policy server): one msgpack frame (.msgpack/.msg/.bin) or an .npz (np.savez(f, **obs), nested images as 'images/<camera>'); repeat for a batch. Mapped by pibridge serve's key / layout map; images keep their size; noise from --seed unless the dict has 'noise'.")] = None,
+    image: Annotated[Optional[list[str]], typer.Option(help="CAMERA=FILE: with --from-client, that camera's image from an image file (PIL, RGB), e.g. cam_high=top.png (repeatable).")] = None,
 ) -> None:
-    """Write a deterministic synthetic observation: non-square camera images, state, prompts, noise."""
+    """Write an observation file: deterministic synthetic (non-square camera images, state, prompts, noise), or
+    from an OpenPI client dict (--from-client)."""
     from pibridge.parity.capture import obs_command
 
     obs_command(out, profile=profile, batch=batch, seed=seed, horizon=horizon, state_dim=state_dim, prompts=prompt,
-                masked=mask)
+                masked=mask, from_client=from_client, images=image)
 
 
 @parity_app.command("capture")
