@@ -155,7 +155,7 @@ def _openpi_actions(ck: Path, obs: dict) -> np.ndarray:
     from pibridge.convert.reader import open_checkpoint
     from pibridge.parity.jax_stack import run_policy
     from pibridge.parity.openpi_preprocess import postprocess_actions, preprocess
-    from pibridge.parity.tokenizer import load_tokenizer
+    from pibridge.tokenizer import load_tokenizer
 
     p = load_profile(PROFILE)
     c = open_checkpoint(ck)

@@ -220,7 +220,7 @@ class LeRobotServedPolicy:
                  fixes: bool = True):
         from pibridge.parity import lerobot_tiny
         from pibridge.parity.lerobot_stack import load_policy, versions
-        from pibridge.parity.runtime_fixes import apply_runtime_fixes
+        from pibridge.fixes.runtime import apply_runtime_fixes
 
         self.out_dir = Path(out_dir)
         prov = _read_provenance(self.out_dir)
@@ -288,7 +288,7 @@ class OpenPIServedPolicy:
         from pibridge.convert.detect import detect
         from pibridge.convert.reader import open_checkpoint
         from pibridge.parity.jax_stack import get_policy, prepare_params
-        from pibridge.parity.tokenizer import load_tokenizer
+        from pibridge.tokenizer import load_tokenizer
 
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.profile.require("cameras")
