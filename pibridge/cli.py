@@ -131,7 +131,7 @@ def inspect(
 def convert(
     ckpt: Annotated[Path, typer.Argument(help="OpenPI checkpoint: a step directory (params/ + assets/) or its params/.")],
     out: Annotated[Path, typer.Argument(help="LeRobot policy directory to create.")],
-    profile: Annotated[Optional[str], typer.Option(help="OpenPI config the policy was trained with (pibridge/configs/profiles), e.g. pi05_droid; pi05_base / pi0_base = OpenPI's defaults.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="OpenPI config the policy was trained with (pibridge/configs/profiles), e.g. pi05_droid; pi05_base / pi0_base = OpenPI's defaults; or a profile file path/to/profile.json (your own training config).")] = None,
     camera_map: Annotated[Optional[list[str]], typer.Option(help="OpenPI slot -> your LeRobot camera name: base_0_rgb=top_head,left_wrist_0_rgb=hand_left,right_wrist_0_rgb=empty (repeatable: merged; a slot given twice is refused)")] = None,
     empty_cameras: Annotated[Optional[str], typer.Option(help="Comma-separated OpenPI slots to leave empty (masked blank image, as OpenPI does).")] = None,
     action_horizon: Annotated[Optional[int], typer.Option(help="Override the profile's action horizon (chunk size).")] = None,
@@ -207,7 +207,7 @@ def fixes(
 def serve(
     lerobot: Annotated[Optional[Path], typer.Option(help="Converted policy OUT (pibridge convert), served by the real LeRobot in its own environment (--lerobot-python, $PIBRIDGE_LEROBOT_PYTHON, or the .venvs/lr-0.6.1 that `make lerobot-env` builds).")] = None,
     openpi: Annotated[Optional[Path], typer.Option(help="OpenPI checkpoint CKPT, served by pibridge's JAX stack with OpenPI's host transforms, in this Python (needs --profile and --tokenizer).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="With --openpi: the OpenPI config it was trained with (pibridge/configs/profiles), e.g. pi05_droid.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="With --openpi: the OpenPI config it was trained with (pibridge/configs/profiles), e.g. pi05_droid, or a profile file path/to/profile.json.")] = None,
     port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed on start). OpenPI's serve_policy.py uses 8000.")] = 8000,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface (OpenPI's default), 127.0.0.1 for this machine only.")] = "127.0.0.1",
     default_prompt: Annotated[Optional[str], typer.Option(help="Prompt for requests without one (OpenPI serve_policy.py --default-prompt); without it such a request is refused unless the profile has a default.")] = None,
@@ -257,19 +257,22 @@ class Resize(str, Enum):
 @parity_app.command("obs")
 def parity_obs(
     out: Annotated[Path, typer.Argument(help="Observation file to write (.safetensors).")],
-    profile: Annotated[str, typer.Option(help="Policy profile (e.g. pi05_droid) or a converted OUT dir: gives horizon, state dim, empty cameras.")],
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 2,
+    profile: Annotated[str, typer.Option(help="Policy profile (e.g. pi05_droid), a profile file (.json) or a converted OUT dir: gives horizon, state dim, empty cameras.")],
+    batch: Annotated[Optional[int], typer.Option(help="Batch size (default 2; with --from-client: the number of files).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of images, state and noise.")] = 0,
     horizon: Annotated[Optional[int], typer.Option(help="Override the profile's action horizon (noise length).")] = None,
     state_dim: Annotated[Optional[int], typer.Option(help="Override the profile's native state dim.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt (repeat once per sample; one prompt is used for all).")] = None,
     mask: Annotated[Optional[list[str]], typer.Option(help="SAMPLE:SLOT: mask one camera of one sample (repeatable), e.g. 1:left_wrist_0_rgb.")] = None,
+    from_client: Annotated[Optional[list[Path]], typer.Option(help="An OpenPI client dict (what a robot sends a policy server): one msgpack frame (.msgpack/.msg/.bin) or an .npz (np.savez(f, **obs), nested images as 'images/<camera>'); repeat for a batch. Mapped by pibridge serve's key / layout map; images keep their size; noise from --seed unless the dict has 'noise'.")] = None,
+    image: Annotated[Optional[list[str]], typer.Option(help="CAMERA=FILE: with --from-client, that camera's image from an image file (PIL, RGB), e.g. cam_high=top.png (repeatable).")] = None,
 ) -> None:
-    """Write a deterministic synthetic observation: non-square camera images, state, prompts, noise."""
+    """Write an observation file: deterministic synthetic (non-square camera images, state, prompts, noise), or
+    from an OpenPI client dict (--from-client)."""
     from pibridge.parity.capture import obs_command
 
     obs_command(out, profile=profile, batch=batch, seed=seed, horizon=horizon, state_dim=state_dim, prompts=prompt,
-                masked=mask)
+                masked=mask, from_client=from_client, images=image)
 
 
 @parity_app.command("capture")
@@ -286,7 +289,7 @@ def parity_capture(
     resize: Annotated[Resize, typer.Option(help="torch: resize used by its LeRobot preprocessing.")] = Resize.lerobot,
     steps: Annotated[int, typer.Option(help="Euler denoising steps.")] = 10,
     tokenizer: Annotated[Optional[Path], typer.Option(help="SentencePiece model (default: OUT/tokenizer/tokenizer.model, OUT from --lerobot or, jax, --profile OUT).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="jax: profile name or converted OUT dir (default: the synthetic checkpoint's profile).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="jax: profile name, profile file (.json) or converted OUT dir (default: the synthetic checkpoint's profile).")] = None,
     ckpt: Annotated[Optional[Path], typer.Option("--ckpt", hidden=True, help="Deprecated spelling of --openpi.")] = None,
 ) -> None:
     """Run ONE stack on an observation in this process and write its trace (stages, timings, versions, fingerprints).

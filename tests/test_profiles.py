@@ -172,8 +172,9 @@ def test_delta_mask_notation():
     assert parse_delta_mask([1, 0]) == (True, False)
     with pytest.raises(PibridgeError, match="bad delta-action mask"):
         parse_delta_mask("6,x")
-    with pytest.raises(PibridgeError, match="delta_action_mask has 7 entries > action_dim 6"):
-        load_profile("pi0_libero").with_overrides(action_dim=6)
+    for dim in (6, 8):  # longer or shorter than the action dim (OpenPI would read a short one as False-padded)
+        with pytest.raises(PibridgeError, match=f"delta_action_mask has 7 entries but action_dim is {dim}"):
+            load_profile("pi0_libero").with_overrides(action_dim=dim)
 
 
 def test_json_round_trip_for_provenance():

@@ -19,6 +19,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pibridge.configs import CONFIG_DIR
@@ -137,36 +138,94 @@ class Profile:
         return json.dumps(self.to_dict(), indent=2)
 
 
+KNOWN_FIELDS = tuple(f.name for f in dataclasses.fields(Profile))  # the profile file format (= to_dict's keys)
+# Fields a profile file must name (null allowed where FLAGS gives a flag for it); the rest have defaults.
+REQUIRED_FIELDS = ("name", "model", "action_horizon", "max_token_len", "discrete_state_input", "state_dim",
+                   "action_dim", "norm", "asset_id", "default_prompt", "adapt_to_pi")
+
+
 def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
 
 
-def load_profile(name: str) -> Profile:
-    """Load configs/profiles/<name>.json; PibridgeError listing the known names on an unknown one."""
-    path = PROFILE_DIR / f"{name}.json"
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A profile file (an existing file, or any value ending in .json: a user's own training config, in the
+    configs/profiles/*.json format), else configs/profiles/<name>.json. PibridgeError on an unknown name, a
+    missing or unreadable file, or a file profile_from_dict refuses."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file() or text.endswith(".json"):
+        return _load_file(path)
+    shipped = PROFILE_DIR / f"{text}.json"
+    if not shipped.is_file():
+        raise PibridgeError(f"unknown profile {text!r}", expected=f"one of {', '.join(profile_names())}, or a "
+                            "profile file path (.json)",
+                            fix="pass --profile with one of those names (and flags for what differs), or "
+                                "--profile path/to/profile.json")
+    return profile_from_dict(json.loads(shipped.read_text()))
+
+
+def _load_file(path: Path) -> Profile:
+    fmt = f"a JSON object in the format of {PROFILE_DIR}/*.json"
     if not path.is_file():
-        raise PibridgeError(f"unknown profile {name!r}", expected=f"one of {', '.join(profile_names())}",
-                            fix="pass --profile with one of those names (and flags for what differs)")
-    return profile_from_dict(json.loads(path.read_text()))
+        raise PibridgeError(f"profile file {path} does not exist", fmt,
+                            f"check the path, or pass a shipped profile name: {', '.join(profile_names())}")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PibridgeError(f"profile file {path} is not readable JSON ({type(err).__name__}: {err})", fmt,
+                            "fix the file (copy a shipped profile and edit it)") from None
+    if not isinstance(raw, dict):
+        raise PibridgeError(f"profile file {path} holds a JSON {type(raw).__name__}", fmt,
+                            "fix the file (copy a shipped profile and edit it)")
+    return profile_from_dict(raw, source=str(path))
 
 
-def profile_from_dict(raw: Mapping[str, Any]) -> Profile:
-    """Build and validate a Profile from the JSON format (a profile file or a provenance record)."""
+def profile_from_dict(raw: Mapping[str, Any], source: str | None = None) -> Profile:
+    """Build and validate a Profile from the JSON format (a profile file or a provenance record). Unknown or
+    missing fields are a PibridgeError naming them (source: the file, for the message)."""
+    where = f"profile file {source}" if source else f"profile {raw.get('name')!r}"
+    fix = "fix the profile file (field names and formats as in a shipped one, e.g. pi05_droid.json)"
+    unknown = sorted(set(raw) - set(KNOWN_FIELDS))
+    if unknown:
+        raise PibridgeError(f"{where} has unknown field(s) {', '.join(unknown)}",
+                            f"fields among {', '.join(KNOWN_FIELDS)}", fix)
+    missing = [k for k in REQUIRED_FIELDS if k not in raw]
+    if missing:
+        raise PibridgeError(f"{where} lacks the required field(s) {', '.join(missing)}",
+                            f"every one of {', '.join(REQUIRED_FIELDS)} (null where unknown: a CLI flag then "
+                            "supplies it)", fix)
     cams = raw.get("cameras")
     mask = raw.get("delta_action_mask")
+    try:
+        cameras = None if cams is None else tuple(_camera(c["slot"], c["source"]) for c in cams)
+    except (TypeError, KeyError):
+        raise PibridgeError(f"{where}: cameras {cams!r} is not a list of {{slot, source}} objects",
+                            '[{"slot": "base_0_rgb", "source": CAMERA}, ...] (source "empty" for an empty slot)',
+                            fix) from None
     prof = Profile(
         name=raw["name"], model=raw["model"], action_horizon=raw["action_horizon"],
         max_token_len=raw["max_token_len"], discrete_state_input=raw["discrete_state_input"],
-        state_dim=raw["state_dim"], action_dim=raw["action_dim"],
-        cameras=None if cams is None else tuple(_camera(c["slot"], c["source"]) for c in cams),
-        delta_action_mask=None if mask is None else tuple(bool(m) for m in mask),
+        state_dim=raw["state_dim"], action_dim=raw["action_dim"], cameras=cameras,
+        delta_action_mask=None if mask is None else _file_mask(mask, where, fix),
         norm=raw["norm"], asset_id=raw["asset_id"], default_prompt=raw["default_prompt"],
         adapt_to_pi=raw["adapt_to_pi"], robot=raw.get("robot"), openpi_config=raw.get("openpi_config"),
         policy_metadata=dict(raw.get("policy_metadata") or {}), note=raw.get("note", ""),
         overrides=tuple(raw.get("overrides", ())), sources=raw.get("sources", {}),
     )
-    _validate(prof)
+    _validate(prof, source)
     return prof
+
+
+def _file_mask(value: Any, where: str, fix: str) -> tuple[bool, ...]:
+    """A file's delta_action_mask: a list of booleans, or make_bool_mask notation as a string ("6,-1")."""
+    if isinstance(value, str):
+        return parse_delta_mask(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, bool) for v in value):
+        return tuple(value)
+    raise PibridgeError(f"{where}: delta_action_mask {value!r} is neither booleans nor a run-length string",
+                        'a list of true / false, one per action dim, or OpenPI\'s make_bool_mask notation "6,-1"',
+                        fix)
 
 
 def parse_camera_map(text: str) -> dict[str, str | None]:
@@ -220,12 +279,12 @@ def _override_cameras(prof: Profile, value: Any) -> tuple[CameraSlot, ...]:
     return tuple(_camera(s, mapping[s]) if s in mapping else old[s] for s in OPENPI_SLOTS)
 
 
-def _validate(p: Profile) -> None:
+def _validate(p: Profile, source: str | None = None) -> None:
     problems = []
     if p.model not in MODELS:
         problems.append(f"model {p.model!r} not in {MODELS}")
     if p.robot is not None and p.robot not in ROBOTS:
-        problems.append(f"robot {p.robot!r} not in {ROBOTS}")
+        problems.append(f"unknown robot family: robot {p.robot!r} not in {', '.join(ROBOTS)}")
     if p.norm not in NORMS:
         problems.append(f"norm {p.norm!r} not in {NORMS}")
     if p.discrete_state_input and p.model != "pi05":
@@ -238,8 +297,13 @@ def _validate(p: Profile) -> None:
         problems.append(f"cameras must list the slots {OPENPI_SLOTS} in order")
     if p.cameras is not None and all(c.empty for c in p.cameras):
         problems.append("every camera slot is empty")
-    if p.delta_action_mask and p.action_dim is not None and len(p.delta_action_mask) > p.action_dim:
-        problems.append(f"delta_action_mask has {len(p.delta_action_mask)} entries > action_dim {p.action_dim}")
+    # One entry per native action dim (what the robot gets back). OpenPI's DeltaActions applies the first len(mask)
+    # dims and leaves the rest absolute (transforms.py:203-244), so a shorter mask means "pad with False": asking
+    # for it spelled out keeps a miscounted mask from being silently read that way.
+    if p.delta_action_mask and p.action_dim is not None and len(p.delta_action_mask) != p.action_dim:
+        problems.append(f"delta_action_mask has {len(p.delta_action_mask)} entries but action_dim is {p.action_dim} "
+                        "(give one entry per action dim; pad with -n, e.g. 6,-1 for a 7-dim arm)")
     if problems:
-        raise PibridgeError(f"profile {p.name!r} is inconsistent: " + "; ".join(problems),
+        where = f"profile file {source}" if source else f"profile {p.name!r}"
+        raise PibridgeError(f"{where} is inconsistent: " + "; ".join(problems),
                             expected="values OpenPI accepts", fix="fix the profile file or the flags")

@@ -161,15 +161,22 @@ def parse_masks(items: list[str] | None) -> dict[int, list[str]]:
 _CAMERA_SIZES = {"base_0_rgb": (480, 640), "left_wrist_0_rgb": (240, 320), "right_wrist_0_rgb": (240, 320)}
 
 
-def obs_command(out: Path, *, profile: str, batch: int = 2, seed: int = 0, horizon: int | None = None,
+def obs_command(out: Path, *, profile: str, batch: int | None = 2, seed: int = 0, horizon: int | None = None,
                 state_dim: int | None = None, prompts: list[str] | None = None,
-                masked: dict[int, list[str]] | list[str] | None = None):
+                masked: dict[int, list[str]] | list[str] | None = None, from_client: list[Path] | None = None,
+                images: list[str] | None = None):
     """CLI body of `pibridge parity obs`: a deterministic synthetic observation for a profile (its horizon, native
     state dim; its empty slots absent, i.e. masked blank images in every sample), non-square camera images.
-    profile: a profile name or a converted OUT dir; masked: {sample: [slots]} extra per-sample masked cameras."""
+    profile: a profile name, a profile file or a converted OUT dir; masked: {sample: [slots]} extra per-sample
+    masked cameras. from_client: client dict files, one sample each (pibridge.parity.client_obs), with `images`
+    ["CAMERA=FILE"] and the first of `prompts` standing in for a missing prompt."""
     from pibridge.parity.observation import save_observation, synthetic_observation
 
     prof = resolve_profile(profile, None)
+    if from_client or images:
+        return _client_obs_command(out, prof, from_client or [], batch=batch, seed=seed, horizon=horizon,
+                                   state_dim=state_dim, prompts=prompts, masked=masked, images=images)
+    batch = 2 if batch is None else batch
     if batch < 1:
         raise PibridgeError(f"--batch {batch}", "at least 1", "pass --batch 2")
     if prompts and len(prompts) not in (1, batch):
@@ -192,4 +199,33 @@ def obs_command(out: Path, *, profile: str, batch: int = 2, seed: int = 0, horiz
     print(f"wrote {out}: profile {prof.name}, batch {batch}, horizon {obs.noise.shape[1]}, state dim "
           f"{obs.state.shape[1]}, cameras {cams}, empty {[c.slot for c in prof.require('cameras') if c.empty]}, "
           f"masked {masked or {}}, fingerprint {obs.fingerprint()}")
+    return obs
+
+
+def _client_obs_command(out: Path, prof: Profile, files: list[Path], *, batch, seed, horizon, state_dim, prompts,
+                        masked, images):
+    from pibridge.parity.client_obs import client_observation, parse_image_args
+    from pibridge.parity.observation import save_observation
+
+    if not files:
+        raise PibridgeError("--image without --from-client", "a client file giving state and prompt",
+                            "pass --from-client FILE (an .npz or msgpack client dict)")
+    if masked:
+        raise PibridgeError("--mask with --from-client", "the client's own cameras (an absent one is masked)",
+                            "leave the camera out of the client dict instead")
+    if batch is not None and batch != len(files):
+        raise PibridgeError(f"--batch {batch} with {len(files)} --from-client file(s)", "one sample per file",
+                            "drop --batch, or give one --from-client per sample")
+    if prompts and len(prompts) > 1:
+        raise PibridgeError(f"{len(prompts)} --prompt values with --from-client", "one (for clients without a prompt)",
+                            "put each sample's prompt in its client dict")
+    prof = prof.with_overrides(action_horizon=horizon, state_dim=state_dim)
+    obs = client_observation(list(files), prof, seed=seed, prompt=prompts[0] if prompts else None,
+                             images=parse_image_args(images))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_observation(Path(out), obs)
+    cams = ", ".join(f"{s} {tuple(i.shape[1:3])}" for s, i in obs.images.items())
+    print(f"wrote {out}: from {len(files)} client file(s), profile {prof.name}, state dim {obs.state.shape[1]}, "
+          f"cameras {cams}, masked {obs.image_mask.tolist()}, prompts {list(obs.prompts)}, "
+          f"fingerprint {obs.fingerprint()}")
     return obs

@@ -65,7 +65,7 @@ class Frame:
     """One client observation, robot-neutral: what both policies start from."""
 
     state: np.ndarray  # (S,) float64, the robot's own space (before adapt_to_pi)
-    images: dict[str, np.ndarray]  # OpenPI slot -> (224, 224, 3) uint8; absent cameras are absent
+    images: dict[str, np.ndarray]  # OpenPI slot -> (224, 224, 3) uint8 (native size with size=None); absent: absent
     prompt: str | None
     noise: np.ndarray | None  # (1, H, 32) float32
 
@@ -105,8 +105,9 @@ def _state(obs: Mapping[str, Any], profile: Profile) -> np.ndarray:
     return np.asarray(state, np.float64)
 
 
-def _image(value: Any, key: str, chw_only: bool) -> np.ndarray:
-    """-> (224, 224, 3) uint8 (droid_policy.py:21-27 / aloha_policy.py:165-171, then ResizeImages)."""
+def _image(value: Any, key: str, chw_only: bool, size: int | None = IMAGE_SIZE) -> np.ndarray:
+    """-> (224, 224, 3) uint8 (droid_policy.py:21-27 / aloha_policy.py:165-171, then ResizeImages); size=None:
+    (H, W, 3) uint8 at the client's size (for an observation file: each stack resizes it itself)."""
     from pibridge.hostx import image_to_uint8, resize_with_pad
 
     img = _numeric(value, key)
@@ -118,12 +119,28 @@ def _image(value: Any, key: str, chw_only: bool) -> np.ndarray:
     img = image_to_uint8(img)
     if img.shape[0] == 3:
         img = np.transpose(img, (1, 2, 0))  # (3, H, W) -> (H, W, 3)
-    return resize_with_pad(np.ascontiguousarray(img), IMAGE_SIZE, IMAGE_SIZE)
+    img = np.ascontiguousarray(img)
+    return img if size is None else resize_with_pad(img, size, size)
 
 
-def _images(obs: Mapping[str, Any], profile: Profile) -> dict[str, np.ndarray]:
+def _nested(profile: Profile) -> bool:
+    """aloha / none clients send images under "images" by camera name; droid / libero as top-level keys."""
+    return (profile.robot or "none") in ("aloha", "none")
+
+
+def put_client_image(obs: dict, profile: Profile, source: str, hwc: np.ndarray) -> None:
+    """Place a (H, W, 3) uint8 camera image (e.g. read from an image file) into a client dict under the profile
+    camera source `source`, in the layout that robot's client sends (ALOHA: (3, H, W))."""
+    img = np.transpose(hwc, (2, 0, 1)) if profile.robot == "aloha" else hwc
+    if _nested(profile):
+        obs["images"] = {**(obs.get("images") or {}), source: img}
+    else:
+        obs[source] = img
+
+
+def _images(obs: Mapping[str, Any], profile: Profile, size: int | None = IMAGE_SIZE) -> dict[str, np.ndarray]:
     robot, cams = profile.robot or "none", profile.require("cameras")
-    nested = robot in ("aloha", "none")  # images under "images" by camera name; else top-level keys
+    nested = _nested(profile)
     given = obs.get("images") if nested else obs
     if nested:
         if not isinstance(given, Mapping):
@@ -139,7 +156,7 @@ def _images(obs: Mapping[str, Any], profile: Profile) -> dict[str, np.ndarray]:
             continue
         key = f"images/{cam.source}" if nested else cam.source
         if cam.source in given:
-            out[cam.slot] = _image(given[cam.source], key, chw_only=robot == "aloha")
+            out[cam.slot] = _image(given[cam.source], key, chw_only=robot == "aloha", size=size)
         elif i == 0 or robot in ("droid", "libero"):  # droid_policy.py:44-45, libero_policy.py:135-136
             raise _bad(f"no image {key!r}", f"the {cam.slot} camera {key!r}")
     return out
@@ -174,11 +191,13 @@ def _noise(value: Any, profile: Profile) -> np.ndarray | None:
     return np.asarray(noise, np.float32).reshape(1, *want)
 
 
-def client_frame(obs: Any, profile: Profile, default_prompt: str | None = None) -> Frame:
-    """OpenPI client dict -> Frame; bad keys / shapes / dtypes are a PibridgeError ('bad request: ...')."""
+def client_frame(obs: Any, profile: Profile, default_prompt: str | None = None, *,
+                 size: int | None = IMAGE_SIZE) -> Frame:
+    """OpenPI client dict -> Frame; bad keys / shapes / dtypes are a PibridgeError ('bad request: ...').
+    size=None keeps the images at the client's size (`pibridge parity obs --from-client`)."""
     if not isinstance(obs, Mapping):
         raise _bad(f"the request is a {type(obs).__name__}", "a map of observation keys (OpenPI's client dict)")
-    return Frame(state=_state(obs, profile), images=_images(obs, profile),
+    return Frame(state=_state(obs, profile), images=_images(obs, profile, size),
                  prompt=_prompt(obs, profile, default_prompt), noise=_noise(obs.get(NOISE_KEY), profile))
 
 

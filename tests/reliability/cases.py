@@ -24,6 +24,7 @@ from reliability import build as B
 
 CONVERT = ("convert", "ck", "out", "--profile", B.PROFILE, "--allow-tiny", "--camera-map", B.CAMS)
 FLAGS = CONVERT[3:]
+PFILE = ("convert", "ck", "out", "--profile", "prof.json", "--allow-tiny", "--camera-map", B.CAMS)
 COMPARE = ("parity", "compare", "a", "b")
 RUN = ("parity", "run", "--openpi", "ck", "--lerobot", "out")
 CAPTURE = ("parity", "capture", "--stack", "jax", "--ckpt", "ck", "--obs", "obs", "--out", "trace")
@@ -58,6 +59,19 @@ def ck(*edits: Callable[[Path], None]) -> Callable[[B.Shared, Path], None]:
         B.link_copy(shared.ck, d / "ck")
         for edit in edits:
             edit(d / "ck")
+    return make
+
+
+def profile_file(edit: Callable[[dict], None] | None, text: str | None = None) -> Callable[[B.Shared, Path], None]:
+    """The shared checkpoint plus d/prof.json: the shipped B.PROFILE's file with `edit` applied (or `text`)."""
+    def make(shared: B.Shared, d: Path) -> None:
+        from pibridge.convert.profile import PROFILE_DIR
+
+        ck()(shared, d)
+        doc = json.loads((PROFILE_DIR / f"{B.PROFILE}.json").read_text())
+        if edit is not None:
+            edit(doc)
+        (d / "prof.json").write_text(text if text is not None else json.dumps(doc))
     return make
 
 
@@ -315,6 +329,21 @@ CASES: tuple[Case, ...] = (
     Case("profile-unknown", "profile", "--profile names no shipped profile", ck(),
          ("convert", "ck", "out", "--profile", "pi05_nope", "--allow-tiny", "--camera-map", B.CAMS), 2,
          ("unknown profile 'pi05_nope'", "pi05_droid")),
+    Case("profile-file-unknown-field", "profile", "a --profile file with a field pibridge does not know",
+         profile_file(lambda d: d.update(camera_fps=30)), PFILE, 2,
+         ("prof.json has unknown field(s) camera_fps", "fields among name, model", "delta_action_mask")),
+    Case("profile-file-missing-field", "profile", "a --profile file without a required field (norm)",
+         profile_file(lambda d: d.pop("norm")), PFILE, 2, ("prof.json lacks the required field(s) norm",)),
+    Case("profile-file-mask-length", "profile", "a --profile file whose delta_action_mask has 6 entries for 8 action dims",
+         profile_file(lambda d: d.update(delta_action_mask=[True] * 6)), PFILE, 2,
+         ("delta_action_mask has 6 entries but action_dim is 8", "pad with -n")),
+    Case("profile-file-unknown-robot", "profile", "a --profile file naming an unknown robot family",
+         profile_file(lambda d: d.update(robot="ur5")), PFILE, 2,
+         ("unknown robot family: robot 'ur5' not in aloha, droid, libero, none",)),
+    Case("profile-file-not-json", "profile", "a --profile file that is not JSON", profile_file(None, "{name: x"),
+         PFILE, 2, ("prof.json is not readable JSON",)),
+    Case("profile-file-missing", "profile", "--profile names a .json file that does not exist", ck(),
+         PFILE[:4] + ("nope.json",) + PFILE[5:], 2, ("profile file nope.json does not exist", "pi05_droid")),
     Case("profile-wrong-model", "profile", "a pi0 profile for a pi05 checkpoint", ck(),
          ("convert", "ck", "out", "--profile", "pi0_droid", "--allow-tiny", "--camera-map", B.CAMS), 2,
          ("pi05 model but profile 'pi0_droid'",)),

@@ -19,6 +19,10 @@ bare `PI05Policy.from_pretrained(OUT)` (no LeRobot script, no register_third_par
 and the runtime fixes too.
 A regular (non-editable) install puts lerobot_policy_pibridge_startup.pth into site-packages (setup.py);
 editable installs do not carry it: `python -m lerobot_policy_pibridge --install-hook` writes it.
+3. for an OUT with delta actions (pibridge.json host_transforms.delta_action_mask non-empty), makes the policy's
+   `select_action` print a WARNING on stderr the first time it runs (once per policy): per-tick select_action loops
+   re-anchor every queued action on the current state, and lerobot-rollout needs --inference.type=rtc
+   (host_transforms.notes, pibridge.convert.convert.DELTA_NOTE).
 It also registers the processor steps of OpenPI's host
 transforms (lerobot_policy_pibridge.steps: default prompt, prompt cleaning, ALOHA adapt_to_pi) that
 `pibridge convert` writes into OUT's processors.
@@ -33,6 +37,7 @@ import importlib
 import importlib.metadata as md
 import logging
 import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger("lerobot_policy_pibridge")
@@ -64,7 +69,37 @@ def after_load(policy, out: Path):
         fixes = apply_runtime_fixes(policy, runtime_dtype=policy.config.dtype, lerobot_version=md.version("lerobot"))
     policy.pibridge_fixes = fixes
     log.info("pibridge: %s loaded (%d tensors checked), runtime fixes %s", out, check.keys, fixes)
+    warn_delta_select_action(policy, out)
     return policy
+
+
+def warn_delta_select_action(policy, out: Path) -> None:
+    """Wrap policy.select_action (instance attribute) so that its first call prints a WARNING on stderr when OUT's
+    actions are deltas; predict_action_chunk + the postprocessor over the chunk (what OpenPI's Policy does) stays
+    silent."""
+    from pibridge.provenance import load_provenance
+
+    host = load_provenance(out).get("host_transforms") or {}
+    mask = host.get("delta_action_mask") or []
+    if not any(mask) or getattr(policy.select_action, "_pibridge_delta_warning", False):
+        return
+    joints = [i for i, m in enumerate(mask) if m]
+    notes = "; ".join(host.get("notes") or []) or "the postprocessor adds the state the preprocessor cached"
+    message = (f"WARNING pibridge: {out} predicts delta actions (dims {joints} relative to the state, OpenPI's "
+               f"delta_action_mask) and select_action runs it one tick at a time: {notes}. For OpenPI's actions, "
+               "run predict_action_chunk and the postprocessor over the whole chunk (pibridge serve does).")
+    original = policy.select_action
+    warned = []
+
+    @functools.wraps(original)
+    def select_action(*args, **kwargs):
+        if not warned:
+            warned.append(True)
+            print(message, file=sys.stderr, flush=True)
+        return original(*args, **kwargs)
+
+    select_action._pibridge_delta_warning = True
+    policy.select_action = select_action  # nn.Module.__setattr__: a plain function lands in the instance __dict__
 
 
 def _wrap(cls) -> None:
