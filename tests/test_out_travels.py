@@ -104,6 +104,25 @@ def test_without_pibridge_at_all(travelled):
     _assert_without_plugin(registered, outs["0.6.1"])
 
 
+def test_out_needing_runtime_fixes_refuses_to_load_without_the_plugin(travelled):
+    """A bf16 OUT for LeRobot 0.6.1 needs runtime fixes (rope-inv-freq-fp32): its preprocessor starts with pibridge's
+    marker step, so LeRobot without pibridge fails to build its processors, naming the plugin, instead of running the
+    policy unfixed; with the plugin it loads. A float32 OUT (no fixes needed) carries no marker and loads anywhere."""
+    root, _ = travelled
+    ck = h.make_ckpt(root, "pi05")
+    outs = {"bf16": _convert(root / "marker" / "bf16" / "OUT", "0.6.1", ck, runtime="bfloat16"),
+            "f32": _convert(root / "marker" / "f32" / "OUT", "0.6.1", ck)}
+    steps = {k: [s.get("class", s.get("registry_name")) for s in
+                 json.loads((v / "policy_preprocessor.json").read_text())["steps"]] for k, v in outs.items()}
+    assert "lerobot_policy_pibridge.steps.RuntimeFixesRequiredStep" in steps["bf16"]
+    assert not any("RuntimeFixesRequired" in str(s) for s in steps["f32"])
+    bare, _ = _load_all(h.venv_python("lr-0.6.1-bare"), outs, root / "elsewhere", with_checkout=False)
+    assert not bare["bf16"]["ok"] and "lerobot_policy_pibridge" in bare["bf16"]["error"], bare["bf16"]
+    assert bare["f32"]["ok"], bare["f32"]
+    plug, registered = _load_all(h.venv_python("lr-0.6.1"), outs, root / "elsewhere")
+    assert plug["bf16"]["ok"] and registered["bf16"]["ok"], (plug, registered)
+
+
 def test_bare_from_pretrained_gets_fixes_through_the_startup_hook(travelled, tmp_path):
     """A script calling PI05Policy.from_pretrained(OUT) itself: no LeRobot script, no plugin registration. With the
     plugin's .pth hook processed at interpreter start, the bf16 OUT gets its runtime fixes; without it none."""

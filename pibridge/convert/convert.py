@@ -207,7 +207,9 @@ def build_side_files(r: Resolved, req: ConvertRequest, tokenizer_name: str | Non
         normalization_mapping={"VISUAL": "IDENTITY", "STATE": NORM_MODES[p.norm], "ACTION": NORM_MODES[p.norm]},
         allow_unknown_variants=req.allow_tiny, extra=_relative_fields(p))
     kw = {"tokenizer_name": tokenizer_name} if tokenizer_name else {}
-    host = HostSteps.for_profile(p, openpi_resize=req.openpi_resize)
+    needed = [f.id for f in applicable_fixes(r.transformers_version, req.lerobot_version, req.runtime_dtype)
+              if f.kind == "runtime"]
+    host = HostSteps.for_profile(p, openpi_resize=req.openpi_resize, runtime_fixes=tuple(needed))
     pre, post = build_processor_jsons(req.lerobot_version, config, host=host, **kw)
     prompt = "openpi-state" if model == "pi05" else "openpi-pi0"
     if model == "pi05" and not p.discrete_state_input:

@@ -31,15 +31,18 @@ class HostSteps:
     prompt_clean: bool = False  # pi0-format prompts: models/tokenizer.py:23 (LeRobot's pi0 newline step does not)
     adapt_to_pi: bool = False  # AlohaInputs / AlohaOutputs (aloha_policy.py:181-202)
     openpi_resize: bool = False  # ResizeImages on the host (openpi-client image_tools.py:15-58), by convert's flag
+    # Runtime fixes OUT needs where it is loaded: a marker step (identity) makes LeRobot without the plugin refuse
+    # OUT's processors, naming lerobot_policy_pibridge, instead of running the policy silently unfixed.
+    runtime_fixes: tuple[str, ...] = ()
 
     @classmethod
-    def for_profile(cls, p, openpi_resize: bool = False) -> HostSteps:
+    def for_profile(cls, p, openpi_resize: bool = False, runtime_fixes: tuple[str, ...] = ()) -> HostSteps:
         return cls(default_prompt=p.default_prompt, prompt_clean=not (p.pi05 and p.discrete_state_input),
-                   adapt_to_pi=bool(p.adapt_to_pi), openpi_resize=openpi_resize)
+                   adapt_to_pi=bool(p.adapt_to_pi), openpi_resize=openpi_resize, runtime_fixes=tuple(runtime_fixes))
 
     def pre(self) -> list[dict[str, Any]]:
         """Steps between to_batch_processor and the relative-action / normalizer / tokenizer steps."""
-        out = []
+        out = [_plugin("RuntimeFixesRequiredStep", {"fixes": list(self.runtime_fixes)})] if self.runtime_fixes else []
         if self.default_prompt is not None:
             out.append(_plugin("DefaultPromptStep", {"prompt": self.default_prompt}))
         if self.prompt_clean:

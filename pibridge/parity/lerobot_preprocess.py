@@ -77,11 +77,12 @@ PLUGIN_STEPS = "lerobot_policy_pibridge.steps."
 KNOWN_PRE = {"rename_observations_processor", "to_batch_processor", "relative_actions_processor",
              "delta_actions_processor", "normalizer_processor", "pi05_prepare_state_tokenizer_processor_step",
              "pi0_new_line_processor", "tokenizer_processor", "device_processor",
-             "DefaultPromptStep", "PromptCleanStep", "AdaptToPiInputsStep", "OpenPIResizeStep"}
+             "DefaultPromptStep", "PromptCleanStep", "AdaptToPiInputsStep", "OpenPIResizeStep",
+             "RuntimeFixesRequiredStep"}  # the last: a marker (identity) for LeRobot without the plugin
 KNOWN_POST = {"unnormalizer_processor", "absolute_actions_processor", "device_processor", "AdaptToPiOutputsStep"}
 _REGISTRY = {"pibridge_default_prompt": "DefaultPromptStep", "pibridge_prompt_clean": "PromptCleanStep",
              "pibridge_adapt_to_pi_inputs": "AdaptToPiInputsStep", "pibridge_adapt_to_pi_outputs": "AdaptToPiOutputsStep",
-             "pibridge_openpi_resize": "OpenPIResizeStep"}
+             "pibridge_openpi_resize": "OpenPIResizeStep", "pibridge_runtime_fixes_required": "RuntimeFixesRequiredStep"}
 
 
 def _step_name(step: dict) -> str:

@@ -9,7 +9,9 @@ not. Each step is also registered under a registry name (REGISTRY) so that LeRob
 Preprocessor: pibridge_default_prompt, pibridge_prompt_clean (before the tokenizer steps), pibridge_adapt_to_pi_inputs
 (before relative_actions_processor caches the state, so AbsoluteActions adds the pi-space state as OpenPI does,
 policy.py:92-95), pibridge_openpi_resize (optional: OpenPI's host PIL resize of every camera image, so
-LeRobot's own in-model torch resize finds 224x224 and does nothing). Postprocessor: pibridge_adapt_to_pi_outputs after absolute_actions_processor.
+LeRobot's own in-model torch resize finds 224x224 and does nothing), pibridge_runtime_fixes_required (a marker
+first in the chain of OUTs that need runtime fixes: without the plugin their processors do not load). Postprocessor:
+pibridge_adapt_to_pi_outputs after absolute_actions_processor.
 """
 
 from __future__ import annotations
@@ -144,5 +146,21 @@ class OpenPIResizeStep(_Step):
         return {"height": self.height, "width": self.width}
 
 
+@_register("pibridge_runtime_fixes_required")
+@dataclass
+class RuntimeFixesRequiredStep(_Step):
+    """A marker, identity on the data: OUT needs these runtime fixes (pibridge.json runtime_fixes_needed), which this
+    plugin applies when the policy loads. Written into OUT's preprocessor so that LeRobot WITHOUT the plugin fails to
+    load the processors (ImportError naming lerobot_policy_pibridge.steps) instead of running the policy unfixed."""
+
+    fixes: list[str] | None = None
+
+    def __call__(self, transition):
+        return transition
+
+    def get_config(self) -> dict[str, Any]:
+        return {"fixes": list(self.fixes or [])}
+
+
 REGISTRY = {c.registry_name: c for c in (DefaultPromptStep, PromptCleanStep, AdaptToPiInputsStep, AdaptToPiOutputsStep,
-                                         OpenPIResizeStep)}
+                                         OpenPIResizeStep, RuntimeFixesRequiredStep)}
