@@ -148,6 +148,12 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
 
 
+def serving_profile_names() -> list[str]:
+    """The shipped profiles that name an OpenPI TrainConfig (`openpi_config`; the base ones, pi0_base / pi05_base,
+    name none: their serving transforms come from flags)."""
+    return [n for n in profile_names() if json.loads((PROFILE_DIR / f"{n}.json").read_text()).get("openpi_config")]
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
     """A profile file (an existing file, or any value ending in .json: a user's own training config, in the
     configs/profiles/*.json format), else configs/profiles/<name>.json. PibridgeError on an unknown name, a

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pibridge.convert.profile import serving_profile_names
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER = ROOT / "tests" / "data" / "test_spm.model"
 
@@ -148,8 +150,7 @@ def stage_table(jax_path: Path, lr_path: Path):
 PLUGIN = ROOT / "plugins" / "lerobot_policy_pibridge"
 NATIVE_SIZES = {"aloha": (480, 640), "droid": (720, 1280), "libero": (256, 256)}  # the example clients' cameras
 CAPTURE_MANY = Path(__file__).with_name("capture_many.py")
-SWEEP_PROFILES = ("pi0_aloha", "pi05_aloha", "pi0_aloha_towel", "pi0_aloha_sim", "pi0_droid", "pi05_droid",
-                  "pi0_libero", "pi05_libero")  # the shipped profiles with an OpenPI TrainConfig (not pi0/pi05_base)
+SWEEP_PROFILES = tuple(serving_profile_names())  # the shipped profiles with an OpenPI TrainConfig (not pi0/pi05_base)
 
 
 def sweep_cases(profiles=SWEEP_PROFILES, native: dict | None = None) -> list[tuple]:
