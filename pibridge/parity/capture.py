@@ -170,7 +170,7 @@ def obs_command(out: Path, *, profile: str, batch: int | None = 2, seed: int = 0
     profile: a profile name, a profile file or a converted OUT dir; masked: {sample: [slots]} extra per-sample
     masked cameras. from_client: client dict files, one sample each (pibridge.parity.client_obs), with `images`
     ["CAMERA=FILE"] and the first of `prompts` standing in for a missing prompt."""
-    from pibridge.parity.observation import save_observation, synthetic_observation
+    from pibridge.parity.observation import synthetic_observation
 
     prof = resolve_profile(profile, None)
     if from_client or images:
@@ -193,19 +193,25 @@ def obs_command(out: Path, *, profile: str, batch: int | None = 2, seed: int = 0
                                 state_dim=state_dim or prof.require("state_dim"), seed=seed,
                                 prompts=None if not prompts else list(prompts) * (batch // len(prompts)),
                                 image_sizes=sizes, masked=masks)
+    return _write_observation(out, obs, f"profile {prof.name}, batch {batch}, horizon {obs.noise.shape[1]}, state dim "
+                              f"{obs.state.shape[1]}, cameras {{cams}}, empty "
+                              f"{[c.slot for c in prof.require('cameras') if c.empty]}, masked {masked or {}}")
+
+
+def _write_observation(out: Path, obs, summary: str):
+    """Save `obs` to `out` and print one line: `summary` (with {cams} filled in) and the fingerprint."""
+    from pibridge.parity.observation import save_observation
+
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_observation(Path(out), obs)
     cams = ", ".join(f"{s} {tuple(i.shape[1:3])}" for s, i in obs.images.items())
-    print(f"wrote {out}: profile {prof.name}, batch {batch}, horizon {obs.noise.shape[1]}, state dim "
-          f"{obs.state.shape[1]}, cameras {cams}, empty {[c.slot for c in prof.require('cameras') if c.empty]}, "
-          f"masked {masked or {}}, fingerprint {obs.fingerprint()}")
+    print(f"wrote {out}: {summary.replace('{cams}', cams)}, fingerprint {obs.fingerprint()}")
     return obs
 
 
 def _client_obs_command(out: Path, prof: Profile, files: list[Path], *, batch, seed, horizon, state_dim, prompts,
                         masked, images):
     from pibridge.parity.client_obs import client_observation, parse_image_args
-    from pibridge.parity.observation import save_observation
 
     if not files:
         raise PibridgeError("--image without --from-client", "a client file giving state and prompt",
@@ -222,10 +228,6 @@ def _client_obs_command(out: Path, prof: Profile, files: list[Path], *, batch, s
     prof = prof.with_overrides(action_horizon=horizon, state_dim=state_dim)
     obs = client_observation(list(files), prof, seed=seed, prompt=prompts[0] if prompts else None,
                              images=parse_image_args(images))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_observation(Path(out), obs)
-    cams = ", ".join(f"{s} {tuple(i.shape[1:3])}" for s, i in obs.images.items())
-    print(f"wrote {out}: from {len(files)} client file(s), profile {prof.name}, state dim {obs.state.shape[1]}, "
-          f"cameras {cams}, masked {obs.image_mask.tolist()}, prompts {list(obs.prompts)}, "
-          f"fingerprint {obs.fingerprint()}")
-    return obs
+    return _write_observation(out, obs, f"from {len(files)} client file(s), profile {prof.name}, state dim "
+                              f"{obs.state.shape[1]}, cameras {{cams}}, masked {obs.image_mask.tolist()}, "
+                              f"prompts {list(obs.prompts)}")

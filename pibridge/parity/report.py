@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 
 from pibridge.parity.compare import Comparison, StageResult
+from pibridge.parity.verdict import allowance_how_far
 
 _STYLE = {"pass": "green", "fail": "bold red", "shape-mismatch": "bold red", "nonfinite": "bold red",
           "no-rule": "yellow", "skipped": "dim", "empty": "dim"}
@@ -130,16 +131,10 @@ def allowance_summary_lines(c) -> list[str]:
                      "the model, capture the candidate with --shared-inputs (the reference capture's --save-inputs)")
     first = c.first_diverging
     lines.append("PASS: every compared stage within its bf16 allowance" if first is None else
-                 f"FAIL: first diverging stage: {first.name} ({_allowance_why(first)})")
+                 f"FAIL: first diverging stage: {first.name} ({allowance_how_far(first)}; k {first.rule.k:g}, "
+                 f"floor {first.rule.floor:g})" if first.rule else f"FAIL: first diverging stage: {first.name} "
+                 f"({allowance_how_far(first)})")
     return lines
-
-
-def _allowance_why(r) -> str:
-    e, lim = r.errors, r.limits()
-    if e is None or lim is None:
-        return r.note or r.status
-    return (f"rel-L2 {e[1].rel_l2:.3e} vs limit {lim[0]:.3e}, angle {e[1].angle:.3e} vs limit {lim[1]:.3e}; "
-            f"baseline rel-L2 {e[0].rel_l2:.3e}, k {r.rule.k:g}, floor {r.rule.floor:g}")
 
 
 def allowance_json(c, **extra) -> str:
