@@ -298,6 +298,8 @@ def _check_exit(sig: signal.Signals, phase: str, rc: int, err: str, out: Path) -
     lines = [ln for ln in err.splitlines() if ln.strip()]
     if phase == "after commit" and rc == -signal.SIGINT and "wrote" in err and "Traceback" not in err:
         return []  # Ctrl-C in the interpreter's exit, after the success line: Python's default, shell status 130
+    if phase == "after commit" and rc == 0 and "wrote" in err and "Traceback" not in err:
+        return []  # Ctrl-C after the command returned, during finalization (no Python handler runs): nothing stopped
     if rc != 130:
         problems.append(f"SIGINT gave rc {rc}")
     if "Traceback" in err:

@@ -16,6 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pibridge.convert.profile import serving_profile_names
