@@ -111,6 +111,14 @@ def lerobot_mask(names: Sequence[str], exclude: Sequence[str]) -> list[bool]:
     return [not any(t in str(n).lower() for t in tokens) for n in names]
 
 
+def lerobot_relative_mask(names: Sequence[str] | None, exclude: Sequence[str] | None, dim: int) -> list[bool]:
+    """RelativeActionsProcessorStep._build_mask (relative_action_processor.py:106-123): no names or no exclude
+    tokens -> every dim converted; names past dim ignored, dims past the names converted."""
+    if names is None or not [t for t in exclude or [] if t]:
+        return [True] * dim
+    return lerobot_mask(list(names)[:dim], exclude) + [True] * max(0, dim - len(names))
+
+
 # --------------------------------------------------------------------------------------------- droid
 def droid_state(joint_position: np.ndarray, gripper_position: np.ndarray) -> np.ndarray:
     """DroidInputs (droid_policy.py:36-40): concat(joint_position (7,), gripper_position (1,), a 0-d one promoted)."""

@@ -95,7 +95,8 @@ def _step_name(step: dict) -> str:
 class Chain:
     """OpenPI's host transforms as OUT's processor JSONs order them (the math: pibridge.hostx)."""
 
-    prompt_clean: bool = False  # (a default-prompt step needs no emulation: observation files carry prompts)
+    default_prompt: str | None = None  # pibridge_default_prompt's prompt (samples without one); None: no such step
+    prompt_clean: bool = False
     adapt_inputs: bool = False
     relative_mask: tuple[bool, ...] | None = None  # None: no enabled absolute step; else LeRobot's name mask
     adapt_outputs: bool = False
@@ -129,12 +130,8 @@ def read_chain(out: Path, pre_json: dict, post_json: dict, config: dict) -> Chai
     mask = None
     if post.get("absolute_actions_processor", {}).get("enabled") and rel is not None:
         dim = int(config["output_features"][ACTION_KEY]["shape"][0])
-        names, exclude = rel.get("action_names"), rel.get("exclude_joints") or []
-        if names is None or not exclude:  # relative_action_processor.py:106-108: every dim converted
-            mask = (True,) * dim
-        else:  # names past the action dim ignored, dims past the names converted (:110-123)
-            mask = tuple(hostx.lerobot_mask(names[:dim], exclude) + [True] * max(0, dim - len(names)))
-    return Chain(prompt_clean="PromptCleanStep" in pre,
+        mask = tuple(hostx.lerobot_relative_mask(rel.get("action_names"), rel.get("exclude_joints"), dim))
+    return Chain(default_prompt=(pre.get("DefaultPromptStep") or {}).get("prompt"), prompt_clean="PromptCleanStep" in pre,
                  adapt_inputs="AdaptToPiInputsStep" in pre, relative_mask=mask,
                  adapt_outputs="AdaptToPiOutputsStep" in post, openpi_resize="OpenPIResizeStep" in pre)
 
@@ -322,7 +319,12 @@ def _tokens(obs: Observation, files: LeRobotFiles, state: np.ndarray, tokenizer:
                             "pass --tokenizer PATH (PaliGemma's paligemma_tokenizer.model)")
     from pibridge.hostx import clean_prompt
 
-    prompts = list(obs.prompts)
+    prompts = [files.chain.default_prompt if p is None else p for p in obs.prompts]  # pibridge_default_prompt
+    missing = [i for i, p in enumerate(prompts) if p is None]
+    if missing:  # LeRobot's tokenizer step raises on a None task too (processor/tokenizer_processor.py)
+        raise PibridgeError(f"observation sample(s) {missing} have no prompt and {files.out}/policy_preprocessor.json "
+                            "has no pibridge_default_prompt step", "a prompt per sample, or OUT with a default prompt",
+                            "add the prompt to the observation, or convert with --default-prompt TEXT")
     if files.chain.prompt_clean:  # pibridge_prompt_clean, before the newline step
         prompts = [clean_prompt(p) for p in prompts]
     if files.prompt_step == "pi05_state":

@@ -3,7 +3,8 @@
 One safetensors file: `image/<slot>` uint8 (B, H, W, 3) per OpenPI camera slot (any size, sizes may differ
 between slots), `image_mask` bool as uint8 (B, ncam) in slot order, `state` float32 (B, native state dim, not
 normalized), `noise` float32 (B, horizon, 32), optional `tokens` int32 (B, L) + `token_mask` uint8 (B, L).
-`__metadata__["pibridge_observation"]`: JSON with slots, prompts (one per sample), seed, format version.
+`__metadata__["pibridge_observation"]`: JSON with slots, prompts (one per sample; null: the client sent none, so
+the default-prompt step / the profile's default fills it), seed, format version.
 Axis legend: B batch, H/W image height/width, L tokens.
 """
 
@@ -30,7 +31,7 @@ class Observation:
     images: dict[str, np.ndarray]  # slot -> uint8 (B, H, W, 3), OpenPI slot order
     image_mask: np.ndarray  # bool (B, ncam)
     state: np.ndarray  # float32 (B, S) raw, native dims
-    prompts: tuple[str, ...]  # one per sample
+    prompts: tuple[str | None, ...]  # one per sample; None: no prompt sent (InjectDefaultPrompt fills it)
     noise: np.ndarray  # float32 (B, horizon, 32)
     seed: int
     tokens: np.ndarray | None = None  # int32 (B, L): given token ids bypass the tokenizer
@@ -80,6 +81,8 @@ def validate(obs: Observation) -> None:
         problems.append(f"noise shape {obs.noise.shape}, expected ({B}, horizon, {MODEL_ACTION_DIM})")
     if len(obs.prompts) != B:
         problems.append(f"{len(obs.prompts)} prompts for batch {B}")
+    if any(p is not None and not isinstance(p, str) for p in obs.prompts):
+        problems.append(f"prompts {list(obs.prompts)}: each a string or null")
     if obs.tokens is not None and (obs.token_mask is None or obs.tokens.shape != obs.token_mask.shape
                                    or obs.tokens.shape[0] != B):
         problems.append("tokens and token_mask must both be (B, L)")

@@ -283,11 +283,15 @@ def observation_dict(obs: Any) -> dict[str, Any]:
 
 def _prompts(obs: Mapping[str, Any], profile: Profile) -> list[str]:
     """Prompt(s), else the profile's default prompt (InjectDefaultPrompt, transforms.py:104-111)."""
-    prompt = inject_default_prompt(obs.get("prompt"), profile.default_prompt)
-    if prompt is None:  # transforms.py:253-254
-        raise PibridgeError("observation has no prompt", expected="a prompt (the profile has no default prompt)",
+    raw = obs.get("prompt")
+    items = [raw] if raw is None or isinstance(raw, str) else list(raw)  # per sample: OpenPI infers one at a time
+    prompts = [inject_default_prompt(p, profile.default_prompt) for p in items]
+    missing = [i for i, p in enumerate(prompts) if p is None]
+    if missing:  # transforms.py:253-254
+        raise PibridgeError(f"observation sample(s) {missing} have no prompt",
+                            expected="a prompt (the profile has no default prompt)",
                             fix="add a prompt to the observation or pass --default-prompt")
-    return [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
+    return [str(p) for p in prompts]
 
 
 def _per_sample(items: list, b: int, what: str) -> list:

@@ -23,6 +23,8 @@ editable installs do not carry it: `python -m lerobot_policy_pibridge --install-
    `select_action` print a WARNING on stderr the first time it runs (once per policy): per-tick select_action loops
    re-anchor every queued action on the current state, and lerobot-rollout needs --inference.type=rtc
    (host_transforms.notes, pibridge.convert.convert.DELTA_NOTE).
+4. keeps OpenPI's delta-action mask when LeRobot's make_policy has put a dataset's action names into the config
+   (keep_openpi_mask: fine-tuning from OUT trains on OpenPI's action space).
 It also registers the processor steps of OpenPI's host
 transforms (lerobot_policy_pibridge.steps: default prompt, prompt cleaning, ALOHA adapt_to_pi) that
 `pibridge convert` writes into OUT's processors.
@@ -69,8 +71,39 @@ def after_load(policy, out: Path):
         fixes = apply_runtime_fixes(policy, runtime_dtype=policy.config.dtype, lerobot_version=md.version("lerobot"))
     policy.pibridge_fixes = fixes
     log.info("pibridge: %s loaded (%d tensors checked), runtime fixes %s", out, check.keys, fixes)
+    keep_openpi_mask(policy.config, out)
     warn_delta_select_action(policy, out)
     return policy
+
+
+def keep_openpi_mask(config, out: Path) -> bool:
+    """LeRobot's make_policy overwrites config.action_feature_names with a dataset's action names (policies/
+    factory.py:308-312, before from_pretrained), and lerobot-train builds the relative-actions step from them
+    (scripts/lerobot_train.py:377-382), so a dataset whose names lack "gripper" would convert the grippers too. When
+    the config's names / exclude_joints give another mask than OpenPI's (pibridge.json host_transforms), put OUT's
+    recorded names and exclude token back and print a WARNING on stderr; returns whether it did. Names that give
+    OpenPI's mask are kept (the dataset's order and names then reach the saved config)."""
+    from pibridge.hostx import EXCLUDE_TOKEN, lerobot_relative_mask
+    from pibridge.provenance import load_provenance
+
+    host = load_provenance(out).get("host_transforms") or {}
+    mask, recorded = list(host.get("delta_action_mask") or []), host.get("action_feature_names")
+    if not any(mask) or not recorded or not hasattr(config, "action_feature_names"):
+        return False
+    dim = len(recorded)
+    openpi = lerobot_relative_mask(recorded, [EXCLUDE_TOKEN], dim)
+    names, exclude = config.action_feature_names, getattr(config, "relative_exclude_joints", None)
+    found = lerobot_relative_mask(names, exclude, dim)
+    if found == openpi:
+        return False
+    config.action_feature_names, config.relative_exclude_joints = list(recorded), [EXCLUDE_TOKEN]
+    print(f"WARNING pibridge: {out} was trained with OpenPI's delta-action mask (relative dims "
+          f"{[i for i, m in enumerate(openpi) if m]}), but the config's action_feature_names {names} with "
+          f"relative_exclude_joints {exclude} (a dataset's names, set by make_policy) would make LeRobot's "
+          f"relative-actions step convert dims {[i for i, m in enumerate(found) if m]}: kept OUT's names {recorded} "
+          f"and exclude_joints ['{EXCLUDE_TOKEN}'], so training and inference keep OpenPI's mask.",
+          file=sys.stderr, flush=True)
+    return True
 
 
 def warn_delta_select_action(policy, out: Path) -> None:

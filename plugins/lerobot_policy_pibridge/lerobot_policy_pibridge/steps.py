@@ -61,7 +61,11 @@ class DefaultPromptStep(_Step):
 
     def __call__(self, transition):
         comp = dict(transition.get(TransitionKey.COMPLEMENTARY_DATA) or {})
-        if comp.get(TASK) is not None or self.prompt is None:
+        task = comp.get(TASK)
+        if isinstance(task, (list, tuple)) and self.prompt is not None:  # per sample, as OpenPI infers one at a time
+            comp[TASK] = [hostx.inject_default_prompt(t, self.prompt) for t in task]
+            return {**transition, TransitionKey.COMPLEMENTARY_DATA: comp}
+        if task is not None or self.prompt is None:
             return transition
         state = (transition.get(TransitionKey.OBSERVATION) or {}).get(OBS_STATE)
         batched = state is not None and state.ndim == 2
