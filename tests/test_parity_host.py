@@ -60,14 +60,8 @@ HOST_STEPS = ("DefaultPromptStep", "PromptCleanStep", "AdaptToPiInputsStep", "Ad
               "OpenPIResizeStep", "absolute_actions_processor")
 
 
-BASE_GAP = pytest.mark.xfail(strict=True, raises=PibridgeError, reason=(
-    "a pi0_base / pi05_base OUT converted with --camera-map keeps cameras null in pibridge.json's profile, so "
-    "`parity obs` / the JAX capture on it refuse ('profile pi05_base does not know cameras'): to fix in convert"))
-
-
 def _gate(names: list[str], fast: set[str]) -> list:
-    return [p if p in fast else pytest.param(p, marks=[pytest.mark.slow] + ([BASE_GAP] if p in BASE_AS else []))
-            for p in names]
+    return [p if p in fast else pytest.param(p, marks=pytest.mark.slow) for p in names]
 
 
 def _convert(root: Path, profile: str, *, openpi_resize: bool = False) -> tuple[Path, Path]:

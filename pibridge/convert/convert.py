@@ -98,6 +98,9 @@ def resolve(req: ConvertRequest) -> Resolved:
             "convert a full-size checkpoint, or pass --allow-tiny for test models (LeRobot needs a config patch for them)")
     profile = _profile(req, det)
     names, empty = _cameras(profile, req.camera_map, req.empty_cameras)
+    if profile.cameras is None:  # a base profile: the cameras come from the flags; record them (OUT's profile is used
+        filled = iter(names)     # by parity obs / capture / run and serve, which need the slots)
+        profile = profile.with_overrides(cameras={s: None if s in empty else next(filled) for s in OPENPI_SLOTS})
     target = lerobot_target(req.lerobot_version, det.model)
     tv = req.transformers_version or target.transformers_default
     parse_version(tv, "transformers")
