@@ -4,12 +4,13 @@ The question it answers (issue 12): when a jax release moves the JAX stack again
 Python 3.12 section), does OpenPI's own model move identically? Runs in a venv that runs OpenPI's model code
 (/work/shared/tools/openpi-reference-env, or a Python 3.12 one with jax 0.12):
 
-    PYTHONPATH=/work/openpi-src/src:$PWD VENV/bin/python tools/openpi_vs_goldens.py [--set foreign-host] \
+    PYTHONPATH=/work/openpi-src/src:$PWD VENV/bin/python tools/openpi_vs_goldens.py [--set NAME] \
         [--md OUT.md] [--json OUT.json]
 
-Per golden case of the set (tiny-pi05 / tiny-pi0, float32 / bf16): the checkpoint from the version-stable synth
-formula, the stored inputs and noise, then OpenPI's Pi0.sample_actions jitted as OpenPI serves it (plus its
-prefix embeddings and KV cache; tools/validate_jax_stack.py's model construction and run) and the JAX stack
+Per golden case (tiny-pi05 / tiny-pi0 / tiny-pi05-lora, float32 / bf16; each in the first set holding it): the
+checkpoint from the version-stable synth formula, the stored inputs and noise, then OpenPI's Pi0.sample_actions
+jitted as OpenPI serves it (plus its prefix embeddings and KV cache; tools/validate_jax_stack.py's model
+construction and run, with the LoRA configs of tools/validate_lora.py for a LoRA golden) and the JAX stack
 (golden_stages, jitted). Three comparisons on actions, prefix/embeds and every llm/kv*/{k,v} (valid rows only,
 as the goldens are judged; errors as pibridge/parity/golden_rules.py defines them):
   OpenPI vs stack   (this jax): 0 everywhere means the stack is OpenPI's computation here, bit for bit;
@@ -34,14 +35,20 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 
-def _openpi_stages(variant, params, inputs, noise, precision: str) -> dict[str, np.ndarray]:
+def _openpi_stages(variant, params, inputs, noise, precision: str, spec) -> dict[str, np.ndarray]:
     import jax
 
     import validate_jax_stack as vj
     from pibridge.parity.goldens import NUM_STEPS
     from pibridge.parity.stages import llm_kv
 
-    model = vj._openpi_model(variant, params, noise.shape[1], inputs.token_len, precision)
+    if spec.lora:  # OpenPI's Pi0 with the spec's lora_configs, as tools/validate_lora.py builds it
+        import validate_lora as vl
+
+        model = vl._openpi_model(variant, params, noise.shape[1], inputs.token_len, precision,
+                                 spec.lora_request().settings())
+    else:
+        model = vj._openpi_model(variant, params, noise.shape[1], inputs.token_len, precision)
     ctx = jax.default_matmul_precision("highest") if precision == "float32" else vj._null()
     with ctx:
         actions, prefix, kv, _, _ = vj._openpi_run(model, vj._observation(inputs), noise, NUM_STEPS)
@@ -62,34 +69,36 @@ def _errors(value, ref, valid) -> dict:
     return e
 
 
-def run_case(set_dir: Path, spec, precision: str, work: Path) -> dict:
+def run_case(set_dir: Path, sets: list[Path], spec, precision: str, work: Path) -> dict:
     from pibridge.configs import load_variant
     from pibridge.convert.reader import open_checkpoint
     from pibridge.parity import goldens as g
     from pibridge.parity.stacks.jax.capture import golden_stages
     from pibridge.parity.trace import read_trace
 
-    ck = work / f"ck-{spec.variant}"
+    ck = work / f"ck-{spec.name}"
     synth = g.write_checkpoint(spec, ck) if not ck.exists() else None
     golden = read_trace(set_dir / spec.trace_name(precision))
     if synth is not None and golden.meta["checkpoint_fingerprint"] != synth.fingerprint:
         raise SystemExit(f"{spec.variant}: the synth formula no longer gives the golden's checkpoint "
                          f"(fingerprint {synth.fingerprint} vs {golden.meta['checkpoint_fingerprint']}): "
                          "remake the goldens first")
-    inputs, noise, _ = g.load_inputs(set_dir / spec.inputs_name)
+    inputs, noise, _ = g.load_inputs(g.inputs_path(sets, spec))
     variant = load_variant(spec.variant)
-    params = open_checkpoint(ck).read_tree()
-    theirs = _openpi_stages(variant, params, inputs, noise, precision)
-    _, stages = golden_stages(params, variant, inputs, noise, precision)
+    theirs = _openpi_stages(variant, open_checkpoint(ck).read_tree(), inputs, noise, precision, spec)
+    _, stages = golden_stages(g.stack_params(spec, ck), variant, inputs, noise, precision, spec)
     ours = {s.name: s for s in stages}
     rows = {}
     for name, o_val in theirs.items():
+        if name not in golden.stages:  # a LoRA golden keeps the suffix stages only: actions
+            continue
         gs = golden.stages[name]
         valid = ours[name].valid if ours[name].valid is not None else gs.valid
         rows[name] = {"openpi_vs_stack": _errors(o_val, ours[name].value, valid),
                       "openpi_vs_golden": _errors(o_val, gs.value, valid),
                       "stack_vs_golden": _errors(ours[name].value, gs.value, valid)}
-    return {"case": g.case_name(spec, precision), "golden_versions": golden.meta.get("versions"), "stages": rows}
+    return {"case": g.case_name(spec, precision), "set": set_dir.name, "golden_versions": golden.meta.get("versions"),
+            "stages": rows}
 
 
 def _worst(case: dict, key: str) -> tuple[str, dict]:
@@ -98,15 +107,16 @@ def _worst(case: dict, key: str) -> tuple[str, dict]:
 
 def markdown(cases: list[dict], versions: dict, set_name: str, host: str) -> str:
     lines = ["# OpenPI's own Pi0 vs the goldens and the JAX stack, on this venv's jax", "",
-             "`PYTHONPATH=$OPENPI_SRC/src:. VENV/bin/python tools/openpi_vs_goldens.py --set " + set_name
-             + " --md ... --json ...` (OpenPI's Pi0.sample_actions jitted as OpenPI serves it; the JAX stack jitted)", "",
+             "`PYTHONPATH=$OPENPI_SRC/src:. VENV/bin/python tools/openpi_vs_goldens.py --md ... --json ...` "
+             "(OpenPI's Pi0.sample_actions jitted as OpenPI serves it; the JAX stack jitted)", "",
              f"jax {versions['jax']} / jaxlib {versions['jaxlib']} / flax {versions['flax']}, Python "
-             f"{versions['python']}; OpenPI from {versions['openpi']}; golden set `{set_name}` (made on jax "
-             f"{cases[0]['golden_versions'].get('jax')} / flax {cases[0]['golden_versions'].get('flax')}); host: {host}",
-             "", "Stages compared: actions, prefix/embeds, every llm/kv*/{k,v} (valid rows). abs = max-abs; "
+             f"{versions['python']}; OpenPI from {versions['openpi']}; golden sets `{set_name}` (made on jax "
+             f"{', '.join(dict.fromkeys(c['golden_versions'].get('jax') for c in cases))}); host: {host}",
+             "", "Stages compared: actions, prefix/embeds, every llm/kv*/{k,v} (valid rows) where the golden holds "
+             "them (a LoRA golden keeps the suffix stages: actions only). abs = max-abs; "
              "rel-L2 = ||a - r|| / ||r||.", "",
-             "| case | OpenPI vs stack: stages bit-equal | max abs | OpenPI vs golden: actions abs (rel-L2) | worst stage "
-             "abs (rel-L2) | stack vs golden: actions abs (rel-L2) | worst stage abs (rel-L2) |",
+             "| case | OpenPI vs stack: stages bit-equal | max abs | OpenPI vs golden: actions abs (rel-L2) | "
+             "worst stage abs (rel-L2) | stack vs golden: actions abs (rel-L2) | worst stage abs (rel-L2) |",
              "|---|---|---|---|---|---|---|"]
     for c in cases:
         st = c["stages"]
@@ -122,15 +132,17 @@ def markdown(cases: list[dict], versions: dict, set_name: str, host: str) -> str
     exact = all(r["openpi_vs_stack"]["bit_equal"] for c in cases for r in c["stages"].values())
     lines += ["", "OpenPI's movement against the golden equals the stack's at every compared stage: "
               + ("yes (identical errors)" if identical else "NO"),
-              "", "Conclusion: " + ("OpenPI's own model and the JAX stack compute the same numbers bit for bit on this "
-                                    "jax; where both differ from the golden, the jax release moved them (not the stack)."
+              "", "Conclusion: " + ("OpenPI's own model and the JAX stack compute the same numbers bit for bit on "
+                                    "this jax; where both differ from the golden, the jax release moved them (not the "
+                                    "stack)."
                                     if exact and identical else "OpenPI and the JAX stack differ on this jax.")]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--set", default="foreign-host", help="golden set under tests/golden/")
+    ap.add_argument("--set", default=None, help="golden set under tests/golden/ (default: each golden spec in the "
+                    "first set holding it)")
     ap.add_argument("--md", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None, help="only re-render --md from a saved --json")
@@ -151,27 +163,30 @@ def main(argv=None) -> int:
     from pibridge.parity.golden_rules import describe_host
     from pibridge.parity.hostinfo import host_info
 
-    set_dir = REPO / "tests" / "golden" / args.set
-    if not set_dir.is_dir():
-        raise SystemExit(f"no golden set {set_dir}: one of {[d.name for d in g.golden_sets(set_dir.parent)]}")
+    sets = g.golden_sets(REPO / "tests" / "golden")
+    if args.set and args.set not in [d.name for d in sets]:
+        raise SystemExit(f"no golden set {args.set}: one of {[d.name for d in sets]}")
     versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
                 "python": sys.version.split()[0], "openpi": str(Path(openpi.__path__[0]).parents[1])}
     cases = []
     with tempfile.TemporaryDirectory(prefix="pibridge-openpi-goldens-") as tmp:
-        for spec in g.SPECS:
-            for precision in g.PRECISIONS:
-                c = run_case(set_dir, spec, precision, Path(tmp))
+        for spec in g.ALL_SPECS:
+            holding = [d for d in sets if (d / spec.trace_name(g.PRECISIONS[0])).is_file()
+                       and (args.set is None or d.name == args.set)]
+            for precision in g.PRECISIONS if holding else ():
+                c = run_case(holding[0], sets, spec, precision, Path(tmp))
                 cases.append(c)
                 a = c["stages"]["actions"]
                 print(f"{c['case']:18s} actions: OpenPI vs stack {a['openpi_vs_stack']['abs']:.3e}; OpenPI vs "
                       f"golden {a['openpi_vs_golden']['abs']:.3e}; stack vs golden {a['stack_vs_golden']['abs']:.3e}",
                       flush=True)
-    md = markdown(cases, versions, args.set, describe_host(host_info()))
+    set_names = ", ".join(dict.fromkeys(c["set"] for c in cases))
+    md = markdown(cases, versions, set_names, describe_host(host_info()))
     print(md)
     if args.md:
         args.md.write_text(md)
     if args.json:
-        args.json.write_text(json.dumps({"versions": versions, "set": args.set, "host": host_info(),
+        args.json.write_text(json.dumps({"versions": versions, "set": set_names, "host": host_info(),
                                          "cases": cases}, indent=1) + "\n")
     ok = all(r["openpi_vs_stack"]["bit_equal"] for c in cases for r in c["stages"].values())
     print("OpenPI == JAX stack bit for bit at every compared stage" if ok else "FAIL: OpenPI and the stack differ")

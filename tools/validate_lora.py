@@ -159,7 +159,8 @@ def markdown(rows: list[dict], args, ok: bool) -> str:
              "matmul precision highest; bf16: every param bfloat16 and Pi0Config(dtype='bfloat16'). max-abs over "
              "actions / prefix embeddings / the KV cache (valid rows, worst layer).", "",
              "| case | adapted (attn: rank, alpha, rsLoRA) | precision | actions max-abs | prefix max-abs | KV max-abs "
-             "| LoRA effect (base-only vs LoRA actions) | OpenPI bf16 vs its f32 |", "|---|---|---|---|---|---|---|---|"]
+             "| LoRA effect (base-only vs LoRA actions) | OpenPI bf16 vs its f32 |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eff = r.get("lora_effect_actions", {}).get("max_abs")
         rnd = r.get("bf16_roundoff_openpi_vs_f32", {}).get("max_abs")
