@@ -110,3 +110,22 @@ def test_same_host_rows_name_the_first_stage_a_release_moves(tmp_path):
     assert (moved["bit_equal"], moved["stages"], moved["first_differing"]) == (1, 3, "img/embed")
     assert moved["largest"][0] == "actions" and abs(moved["actions_max_abs"] - 2e-3) < 1e-6
     assert (same["bit_equal"], same["first_differing"], same["actions_max_abs"]) == (3, None, 0.0)
+
+
+def test_a_moved_jax_is_judged_by_openpis_own_model_on_that_jax():
+    """The 3.12 section says whether OpenPI's Pi0 moved with the stack (bench/results/canary_openpi_jax-0.12.0.1.json,
+    tools/openpi_vs_goldens.py in an OpenPI venv on jax 0.12.0.1), and says 'untested' for a jax nobody checked."""
+    doc = json.loads((ROOT / "bench" / "results" / "canary_openpi_jax-0.12.0.1.json").read_text())
+    stages = [st for c in doc["cases"] for st in c["stages"].values()]
+    from pibridge.parity import goldens as g
+
+    # every golden case, the LoRA one included (a new golden spec needs this evidence refreshed)
+    assert {c["case"] for c in doc["cases"]} == {g.case_name(s, p) for s in g.ALL_SPECS for p in g.PRECISIONS}
+    assert doc["versions"]["jax"] == "0.12.0.1" and all("actions" in c["stages"] for c in doc["cases"])
+    assert all(st["openpi_vs_stack"]["bit_equal"] for st in stages)
+    assert any(st["openpi_vs_golden"]["abs"] > 0 for st in stages)  # it did move, with the stack
+    text = " ".join(canary.openpi_on_this_jax("0.12.0.1", moved=True))
+    assert f"bit-equal to the JAX stack at all {len(stages)} compared stages" in text and "intended alarm" in text
+    assert "untested" in " ".join(canary.openpi_on_this_jax("9.9.9", moved=True))
+    assert canary.openpi_on_this_jax("0.12.0.1", moved=False) == []  # nothing moved: nothing to explain
+    assert "Control, jax 0.10.2" in " ".join(canary.openpi_on_this_jax("0.12.0.1", moved=True, pinned="0.10.2"))

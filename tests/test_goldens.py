@@ -2,7 +2,8 @@
 set: the synth formula and the observation still produce what the goldens were made from, OpenPI's preprocessing
 still gives the stored inputs, today's JAX stack (jitted) is within the host-spread limits of
 configs/golden_rules.json at every recorded stage, and the torch stack on the converted checkpoint matches them
-within configs/tolerances.json (float32, and bf16 with the runtime fixes)."""
+within configs/tolerances.json (float32, and bf16 with the runtime fixes). The LoRA golden (goldens.LORA_SPECS: the
+JAX stack running the factors unmerged) sits in a set of its own; the torch stack meets it merged by `convert`."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ pytestmark = [pytest.mark.jax, pytest.mark.torch]
 GOLDEN_ROOT = Path(__file__).parent / "golden"
 SETS = g.golden_sets(GOLDEN_ROOT)
 TOKENIZER = Path(__file__).parent / "data" / "test_spm.model"
-CASES = [(s, p) for s in g.SPECS for p in g.PRECISIONS]
-SET_CASES = [(d, s, p) for d in SETS for s, p in CASES]
+CASES = [(s, p) for s in g.ALL_SPECS for p in g.PRECISIONS]
+SET_CASES = [(d, s, p) for d in SETS for s, p in g.set_cases(d)]
 
 
 def _id(case):
-    return case[0].trace_name(case[1]).removesuffix(".safetensors")
+    return g.case_name(*case)
 
 
 def _set_id(case):
@@ -40,25 +41,31 @@ def made(tmp_path_factory):
     from pibridge.convert.convert import ConvertRequest, convert
 
     root, out = tmp_path_factory.mktemp("goldens"), {}
-    for spec in g.SPECS:
-        synth = g.write_checkpoint(spec, root / f"ck-{spec.variant}")
-        dest = root / f"out-{spec.variant}"
+    for spec in g.ALL_SPECS:
+        synth = g.write_checkpoint(spec, root / f"ck-{spec.name}")
+        dest = root / f"out-{spec.name}"
         convert(ConvertRequest(synth.out, dest, spec.profile, camera_map="base_0_rgb=top,left_wrist_0_rgb=wrist",
-                               allow_tiny=True), console=Console(file=io.StringIO()))
-        out[spec.variant] = (synth, dest)
+                               allow_tiny=True, **spec.convert_flags), console=Console(file=io.StringIO()))
+        out[spec.name] = (synth, dest)
     return out
 
 
-def _golden(spec, precision, set_dir=None):
-    return read_trace((set_dir or SETS[0]) / spec.trace_name(precision))
+def _golden(spec, precision, set_dir):
+    return read_trace(set_dir / spec.trace_name(precision))
+
+
+def _sets_with(spec):
+    return [d for d in SETS if (d / spec.trace_name(g.PRECISIONS[0])).is_file()]
 
 
 def test_golden_sets_exist_small_validated_and_record_their_host():
     assert g.FOREIGN_SET in [d.name for d in SETS]  # the 07f4a86 set, unchanged, is always checked
     total = sum(f.stat().st_size for f in GOLDEN_ROOT.rglob("*") if f.is_file())
     assert total < 20e6
+    assert all(_sets_with(spec) for spec in g.ALL_SPECS)  # every spec, the LoRA one included, has a golden
     for set_dir in SETS:
-        for spec, precision in CASES:
+        assert g.set_cases(set_dir) and all(p in g.PRECISIONS for _, p in g.set_cases(set_dir))
+        for spec, precision in g.set_cases(set_dir):
             trace = _golden(spec, precision, set_dir)
             meta = trace.meta
             assert meta["openpi_commit"] == g.OPENPI_COMMIT
@@ -69,23 +76,23 @@ def test_golden_sets_exist_small_validated_and_record_their_host():
             assert host and ("cpu" in host or "note" in host), f"{set_dir.name}: no host recorded"
 
 
-@pytest.mark.parametrize("spec", g.SPECS, ids=lambda s: s.variant)
+@pytest.mark.parametrize("spec", g.ALL_SPECS, ids=lambda s: s.name)
 def test_synth_and_observation_still_match_the_goldens(spec, made):
     """A changed synth formula or observation generator changes a fingerprint: regenerate goldens then."""
-    synth, _ = made[spec.variant]
+    synth, _ = made[spec.name]
     obs = g.golden_observation(spec)
-    for set_dir in SETS:
+    for set_dir in _sets_with(spec):
         for precision in g.PRECISIONS:
             meta = _golden(spec, precision, set_dir).meta
             assert meta["checkpoint_fingerprint"] == synth.fingerprint
             assert meta["observation_fingerprint"] == obs.fingerprint()
 
 
-@pytest.mark.parametrize("spec", g.SPECS, ids=lambda s: s.variant)
+@pytest.mark.parametrize("spec", g.ALL_SPECS, ids=lambda s: s.name)
 def test_openpi_preprocessing_gives_the_stored_inputs(spec, made):
-    synth, _ = made[spec.variant]
-    stored, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
-    for set_dir in SETS[1:]:  # every set holds the same inputs (host-independent integer work)
+    synth, _ = made[spec.name]  # a LoRA spec: its own checkpoint's norm stats must give the shared inputs
+    stored, noise, _ = g.load_inputs(g.inputs_path(SETS, spec))
+    for set_dir in [d for d in SETS if (d / spec.inputs_name).is_file()]:  # the same in every set (integer work)
         other, other_noise, _ = g.load_inputs(set_dir / spec.inputs_name)
         np.testing.assert_array_equal(other.tokens, stored.tokens)
         np.testing.assert_array_equal(other.images, stored.images)
@@ -101,17 +108,16 @@ def test_openpi_preprocessing_gives_the_stored_inputs(spec, made):
 
 @pytest.fixture(scope="module")
 def today(made):
-    """(variant, precision) -> today's JAX-stack stages (jitted) on the golden inputs."""
+    """(spec name, precision) -> today's JAX-stack stages (jitted) on the golden inputs."""
     from pibridge.configs import load_variant
-    from pibridge.convert.reader import open_checkpoint
 
     out = {}
-    for spec in g.SPECS:
-        inputs, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
-        params = open_checkpoint(made[spec.variant][0].out).read_tree()
+    for spec in g.ALL_SPECS:
+        inputs, noise, _ = g.load_inputs(g.inputs_path(SETS, spec))
+        params = g.stack_params(spec, made[spec.name][0].out)
         for precision in g.PRECISIONS:
-            out[spec.variant, precision] = golden_stages(params, load_variant(spec.variant), inputs, noise,
-                                                               precision)[1]
+            out[spec.name, precision] = golden_stages(params, load_variant(spec.variant), inputs, noise, precision,
+                                                      spec)[1]
     return out
 
 
@@ -123,7 +129,7 @@ def test_jax_stack_within_host_spread_of_golden(case, today):
 
     set_dir, spec, precision = case
     golden = _golden(spec, precision, set_dir)
-    result = check_golden(g.case_name(spec, precision), golden, today[spec.variant, precision],
+    result = check_golden(g.case_name(spec, precision), golden, today[spec.name, precision],
                           golden_host=g.set_host(set_dir, golden), today_host=host_info())
     assert len(result.rows) == len(golden.order)
     assert result.passed, result.explain()
@@ -141,8 +147,8 @@ def test_torch_stack_matches_golden_within_tolerances(case, made):
 
     set_dir, spec, precision = case
     runtime = "float32" if precision == "float32" else "bfloat16"
-    inputs, noise, _ = g.load_inputs(SETS[0] / spec.inputs_name)
-    policy = load_policy(made[spec.variant][1], load_variant(spec.variant), runtime)
+    inputs, noise, _ = g.load_inputs(g.inputs_path(SETS, spec))
+    policy = load_policy(made[spec.name][1], load_variant(spec.variant), runtime)
     apply_runtime_fixes(policy, runtime_dtype=runtime, lerobot_version="0.6.1")
     rec = StageRecorder()
     sample_actions(policy, inputs, noise, num_steps=g.NUM_STEPS, recorder=rec)

@@ -482,9 +482,50 @@ def section(version: str, r: dict) -> list[str]:
             lines.append(f"| {h['variant']} | {h['precision']} | {h['jax'][0]} -> {h['jax'][1]} | {h['bit_equal']}/"
                          f"{h['stages']} | {h['first_differing'] or '-'} | {h['largest'][0]} {h['largest'][1]:.3e} "
                          f"({h['largest'][2]:.2e}) | {h['min_cosine']:.7f} | {h['actions_max_abs']:.3e} |")
+        lines += openpi_on_this_jax(r["same_host"][0]["jax"][1], moved=any(h["bit_equal"] < h["stages"]
+                                                                            for h in r["same_host"]),
+                                    pinned=r["same_host"][0]["jax"][0])
     if r.get("error"):
         lines += ["", "checks did not run:", "", "    " + r["error"].strip().replace("\n", "\n    ")]
     return lines + [""]
+
+
+def _openpi_doc(jax_version: str) -> tuple[Path, dict | None]:
+    f = ROOT / "bench" / "results" / f"canary_openpi_jax-{jax_version}.json"
+    return f, json.loads(f.read_text()) if f.is_file() else None
+
+
+def openpi_on_this_jax(jax_version: str, moved: bool, pinned: str | None = None) -> list[str]:
+    """Is a moved number jax's or the stack's? OpenPI's own Pi0 on the same jax (tools/openpi_vs_goldens.py, run in
+    an OpenPI venv with that jax; its --json saved as bench/results/canary_openpi_jax-<version>.json), and on the
+    pinned jax as the control. Nothing when the numbers did not move."""
+    if not moved:
+        return []
+    f, doc = _openpi_doc(jax_version)
+    if doc is None:
+        return ["", f"jax {jax_version} moves the numbers: whether OpenPI's own model moves identically is untested "
+                f"(run tools/openpi_vs_goldens.py in an OpenPI venv with jax {jax_version}, --json {f.name})"]
+    stages = [st for c in doc["cases"] for st in c["stages"].values()]
+    equal = sum(st["openpi_vs_stack"]["bit_equal"] for st in stages)
+    same = all(st["openpi_vs_golden"] == st["stack_vs_golden"] for st in stages)
+    acts = "; ".join(f"{c['case']} {c['stages']['actions']['openpi_vs_golden']['abs']:.2e}" for c in doc["cases"])
+    head = (f"OpenPI's own Pi0 (from its source) on jax {jax_version} / flax {doc['versions']['flax']}, same inputs "
+            f"(tools/openpi_vs_goldens.py; bench/results/{f.with_suffix('.md').name}): ")
+    if equal == len(stages) and same:
+        verdict = (f"bit-equal to the JAX stack at all {len(stages)} compared stages (actions, prefix/embeds, "
+                   f"llm/kv*) of the {len(doc['cases'])} golden cases, so it moves against the goldens exactly as "
+                   f"the stack does (actions max-abs vs golden: {acts}). A FAIL above is the intended alarm: a jax "
+                   "release that changes the numbers, not a stack bug; goldens for this jax would be a new set "
+                   "(`make goldens` there).")
+        _, control = _openpi_doc(pinned) if pinned else (None, None)
+        if control:
+            worst = max(st["openpi_vs_golden"]["abs"] for c in control["cases"] for st in c["stages"].values())
+            verdict += (f" Control, jax {pinned} on this host (canary_openpi_jax-{pinned}.md): OpenPI vs the goldens "
+                        f"max-abs {worst:.1e} at every compared stage.")
+    else:
+        verdict = (f"differs from the JAX stack ({equal}/{len(stages)} stages bit-equal): a stack difference on this "
+                   "jax until shown otherwise.")
+    return ["", head + verdict]
 
 
 def markdown(result: dict) -> str:

@@ -9,6 +9,8 @@ OpenPI's Pi0.sample_actions on the same params / inputs / noise in OpenPI's scra
 file with --openpi-side, under PYTHONPATH=$OPENPI_SRC/src:<repo>, reusing tools/validate_jax_stack.py's model
 construction). A float32 golden whose actions differ from OpenPI's by more than 1e-5 is refused (nothing is
 written, exit 1); a bf16 one records its max-abs (0 expected: the JAX stack follows OpenPI's bf16 policy).
+LoRA specs (goldens.LORA_SPECS): OpenPI's Pi0 with the case's lora_configs (tools/validate_lora.py's model), the
+JAX stack unmerged; their inputs are the base variant's, checked equal to a set's stored file and not copied.
 The OpenPI commit comes from $OPENPI_SRC/.git when present, else --openpi-commit (required then).
 """
 
@@ -53,11 +55,11 @@ def openpi_commit(src: Path, given: str | None) -> str:
     return given
 
 
-def openpi_actions(args, ckpt: Path, inputs: Path, variant: str, precision: str, work: Path) -> np.ndarray:
-    out = work / f"openpi-{variant}-{precision}.npy"
+def openpi_actions(args, ckpt: Path, inputs: Path, spec: g.GoldenSpec, precision: str, work: Path) -> np.ndarray:
+    out = work / f"openpi-{spec.name}-{precision}.npy"
     env = dict(os.environ, PYTHONPATH=f"{args.openpi_src / 'src'}:{REPO}")
     cmd = [str(args.openpi_python), str(Path(__file__).resolve()), "--openpi-side", "--ckpt", str(ckpt),
-           "--inputs", str(inputs), "--variant", variant, "--precision", precision, "--out", str(out)]
+           "--inputs", str(inputs), "--variant", spec.name, "--precision", precision, "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"OpenPI run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
@@ -66,20 +68,29 @@ def openpi_actions(args, ckpt: Path, inputs: Path, variant: str, precision: str,
 
 def make_variant(args, spec: g.GoldenSpec, commit: str, work: Path, staged: Path) -> list[dict]:
     from pibridge.configs import load_variant
-    from pibridge.convert.reader import open_checkpoint
     from pibridge.parity.trace import write_trace
 
-    synth = g.write_checkpoint(spec, work / f"ck-{spec.variant}")
+    synth = g.write_checkpoint(spec, work / f"ck-{spec.name}")
     obs = g.golden_observation(spec)
     pre = g.golden_inputs(spec, obs, synth.out, TOKENIZER)
-    g.save_inputs(staged / spec.inputs_name, pre, obs.noise, {"observation_fingerprint": obs.fingerprint(),
-                                                               "prompts": list(obs.prompts), "synth": spec.__dict__})
-    inputs, noise, _ = g.load_inputs(staged / spec.inputs_name)  # what the tests will read back
-    params, variant = open_checkpoint(synth.out).read_tree(), load_variant(spec.variant)
+    g.save_inputs(work / spec.inputs_name, pre, obs.noise, {"observation_fingerprint": obs.fingerprint(),
+                                                             "prompts": list(obs.prompts), "synth": spec.__dict__})
+    inputs_file = work / spec.inputs_name
+    sets = g.golden_sets(REPO / "tests" / "golden")
+    if spec.lora and any((d / spec.inputs_name).is_file() for d in sets):  # shared with the base variant's set
+        inputs_file = g.inputs_path(sets, spec)
+        (mine, n1, _), (stored, n2, _) = g.load_inputs(work / spec.inputs_name), g.load_inputs(inputs_file)
+        if not (all(np.array_equal(getattr(mine, f), getattr(stored, f))
+                    for f in ("images", "image_mask", "state", "tokens", "token_mask")) and np.array_equal(n1, n2)):
+            raise SystemExit(f"REFUSED {spec.name}: its preprocessed inputs differ from {inputs_file}, which it shares")
+    else:
+        shutil.copyfile(inputs_file, staged / spec.inputs_name)
+    inputs, noise, _ = g.load_inputs(inputs_file)  # what the tests will read back
+    params, variant = g.stack_params(spec, synth.out), load_variant(spec.variant)
     rows = []
     for precision in g.PRECISIONS:
-        ours, stages = golden_stages(params, variant, inputs, noise, precision)
-        ref = openpi_actions(args, synth.out, staged / spec.inputs_name, spec.variant, precision, work)
+        ours, stages = golden_stages(params, variant, inputs, noise, precision, spec)
+        ref = openpi_actions(args, synth.out, inputs_file, spec, precision, work)
         max_abs = float(np.max(np.abs(ours.astype(np.float64) - ref)))
         cos = float(np.dot(ours.ravel(), ref.ravel()) / (np.linalg.norm(ours) * np.linalg.norm(ref)))
         row = {"golden": spec.trace_name(precision), "openpi_max_abs": max_abs, "openpi_cosine": cos}
@@ -102,8 +113,8 @@ def main_project(args) -> int:
     staged.mkdir()
     try:
         rows = []
-        for spec in g.SPECS:
-            if not args.variants or spec.variant in args.variants:
+        for spec in g.ALL_SPECS:
+            if not args.variants or spec.name in args.variants:
                 rows += make_variant(args, spec, commit, work, staged)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for f in sorted(staged.iterdir()):  # only after every golden passed
@@ -125,10 +136,17 @@ def main_openpi_side(args) -> int:
     from pibridge.configs import load_variant
     from pibridge.convert.reader import open_checkpoint
 
-    variant = load_variant(args.variant)
+    spec = next(s for s in g.ALL_SPECS if s.name == args.variant)
+    variant = load_variant(spec.variant)
     inputs, noise, _ = g.load_inputs(args.inputs)
     params = open_checkpoint(args.ckpt).read_tree()
-    model = v._openpi_model(variant, params, noise.shape[1], inputs.token_len, args.precision)
+    if spec.lora:  # OpenPI's Pi0 with lora_configs for the adapted experts, as tools/validate_lora.py builds it
+        import validate_lora as vl
+
+        model = vl._openpi_model(variant, params, noise.shape[1], inputs.token_len, args.precision,
+                                 spec.lora_request().settings())
+    else:
+        model = v._openpi_model(variant, params, noise.shape[1], inputs.token_len, args.precision)
     ctx = jax.default_matmul_precision("highest") if args.precision == "float32" else v._null()
     with ctx:
         actions = v._openpi_run(model, v._observation(inputs), noise, g.NUM_STEPS)[0]
@@ -144,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--openpi-commit", default=None, help="commit of --openpi-src when it has no .git")
     ap.add_argument("--out-dir", type=Path, default=None,
                     help="the set to write (default: tests/golden/<this host's set name>, e.g. amd-epyc-avx512)")
-    ap.add_argument("--variants", nargs="*", default=None)
+    ap.add_argument("--variants", nargs="*", default=None, help="spec names, e.g. tiny-pi05 tiny-pi05-lora")
     ap.add_argument("--openpi-side", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)

@@ -3,7 +3,9 @@
 Runs in the scratch venv that runs OpenPI's model code (as tools/validate_jax_stack.py, whose model / run /
 metric helpers it reuses):
 
-    PYTHONPATH=/work/openpi-src/src:$PWD /work/openpi-venv/bin/python tools/validate_lora.py [--json OUT]
+    PYTHONPATH=/work/openpi-src/src:$PWD /work/openpi-venv/bin/python tools/validate_lora.py [--json OUT] [--md OUT]
+
+(last run: bench/results/validate_lora.md)
 
 Each case writes a tiny LoRA checkpoint with `pibridge synth --lora` (training layout: adapted llm base leaves
 bfloat16, factors and the rest float32) and loads it into OpenPI's Pi0 whose Gemma configs are the tiny
@@ -139,12 +141,49 @@ def run_case(case, args, workdir: Path) -> list[dict]:
     return rows
 
 
+def markdown(rows: list[dict], args, ok: bool) -> str:
+    import flax
+
+    import openpi
+
+    from pibridge.convert.lora import EXPERTS
+
+    def setting(r):
+        return ", ".join(f"{EXPERTS[int(k[0])]} r{v['rank']} a{v['alpha']:g}{' rsLoRA' if v['rslora'] else ''}"
+                         for k, v in r["settings"].items() if k.endswith("/attn"))
+
+    lines = ["# tools/validate_lora.py: the JAX stack's unmerged LoRA vs OpenPI's own LoRA Pi0", "",
+             f"jax {jax.__version__} / flax {flax.__version__}, CPU; OpenPI from {Path(openpi.__path__[0]).parents[1]}"
+             f" (commit as pinned: pibridge.parity.goldens.OPENPI_COMMIT); batch 2 (a masked camera, prompts of 37 "
+             f"and 12 tokens), horizon {args.horizon}, {args.steps} Euler steps. float32: both sides float32 params, "
+             "matmul precision highest; bf16: every param bfloat16 and Pi0Config(dtype='bfloat16'). max-abs over "
+             "actions / prefix embeddings / the KV cache (valid rows, worst layer).", "",
+             "| case | adapted (attn: rank, alpha, rsLoRA) | precision | actions max-abs | prefix max-abs | KV max-abs "
+             "| LoRA effect (base-only vs LoRA actions) | OpenPI bf16 vs its f32 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eff = r.get("lora_effect_actions", {}).get("max_abs")
+        rnd = r.get("bf16_roundoff_openpi_vs_f32", {}).get("max_abs")
+        lines.append(f"| {r['case']} | {setting(r)} | {r['precision']} | {r['actions']['max_abs']:.1e} | "
+                     f"{r['prefix_embeds']['max_abs']:.1e} | {r['kv_cache']['max_abs']:.1e} | "
+                     f"{'-' if eff is None else f'{eff:.3f}'} | {'-' if rnd is None else f'{rnd:.3f}'} |")
+    lines += ["", "pi05-rslora's numbers equal pi05-r4a8's by construction: synth draws lora_b with std / scaling "
+              "(convert/synth_weights.py _lora_std) so that scaling x A @ B is the same size whatever alpha is, and "
+              "the two attention scalings (8 / sqrt(4) = 4, 8 / 4 = 2) differ by a power of two, so scaling x lora_b "
+              "is the same float32 numbers. OpenPI is told rslora=True independently (LoRAConfig), so a stack that "
+              "ignored rsLoRA would be off by 2x in every attention delta, not 0.", ""]
+    lines += ["PASS: bit-exact (max-abs 0) in every case and precision; dropping the factors moves the float32 "
+              "actions by more than 0.05 in every case" if ok else "FAIL: some max-abs is not 0"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES))
     ap.add_argument("--horizon", type=int, default=10)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--md", type=Path, default=None, help="write the per-case table here")
     args = ap.parse_args(argv)
     wanted = args.cases.split(",")
     rows = []
@@ -156,6 +195,8 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     ok = all(r[k]["max_abs"] == 0.0 for r in rows for k in ("actions", "prefix_embeds", "kv_cache"))
     ok = ok and all(r["lora_effect_actions"]["max_abs"] > 0.05 for r in rows if "lora_effect_actions" in r)
+    if args.md:
+        args.md.write_text(markdown(rows, args, ok))
     print("PASS (bit-exact)" if ok else "FAIL: some max-abs is not 0")
     return 0 if ok else 1
 

@@ -3,7 +3,11 @@
 
 Per variant (tiny-pi05 with profile pi05_droid, tiny-pi0 with pi0_droid) one deterministic synthetic checkpoint
 (synth formula, seed 0, sharp attention + outlier channels) and one observation: batch 2, a long and a short
-prompt, sample 1's left-wrist camera masked, non-square images. Goldens live in sets, one directory per host they were made on (tests/golden/<set>/; `foreign-host/` is the set
+prompt, sample 1's left-wrist camera masked, non-square images. LORA_SPECS (issue 17): tiny-pi05 with LoRA on both
+experts (`synth --lora`, rank 4 alpha 8, rsLoRA on PaliGemma: scalings 4 and 2), the JAX stack running it
+unmerged; its observation and norm stats are tiny-pi05's, so it shares inputs-tiny-pi05 (found in any set), and to
+keep tests/golden/ under 20 MB its traces hold the suffix stages only (GoldenSpec.stages: LoRA on PaliGemma
+reaches them through the KV cache, so a LoRA defect shows at expert/step00/block00 at the latest). Goldens live in sets, one directory per host they were made on (tests/golden/<set>/; `foreign-host/` is the set
 made at 07f4a86 before hosts were recorded, kept unchanged as the one real cross-host difference on record); each
 set is checked under pibridge/parity/golden_rules.py. Files in a set:
   inputs-<variant>.safetensors   the model inputs after OpenPI's preprocessing (images as the resized uint8
@@ -46,9 +50,39 @@ class GoldenSpec:
     sharp_attention: bool = True
     outliers: bool = True
     asset_id: str = "droid"
+    lora: tuple | None = None  # (experts, rank, alpha, rslora experts) as `synth --lora` takes them
+    stages: tuple[str, ...] | None = None  # stage-name prefixes the trace keeps (None: all)
+
+    @property
+    def name(self) -> str:
+        return self.variant + ("-lora" if self.lora else "")
 
     def trace_name(self, precision: str) -> str:
-        return f"{self.variant}-{precision}.safetensors"
+        return f"{self.name}-{precision}.safetensors"
+
+    def keeps(self, stage: str) -> bool:
+        return stage not in DROPPED_STAGES and (self.stages is None or stage.startswith(self.stages))
+
+    def lora_request(self):
+        """The synth LoraRequest (None without LoRA)."""
+        if not self.lora:
+            return None
+        from pibridge.convert.synth import LoraRequest
+
+        experts, rank, alpha, rslora = self.lora
+        return LoraRequest(tuple(experts), dict.fromkeys(experts, rank), dict.fromkeys(experts, alpha),
+                           {e: e in rslora for e in experts})
+
+    @property
+    def convert_flags(self) -> dict:
+        """ConvertRequest's lora_alpha / lora_rslora for this spec's checkpoint (alpha and rsLoRA are not in it)."""
+        if not self.lora:
+            return {}
+        from pibridge.convert.lora import EXPERTS
+
+        experts, _, alpha, rslora = self.lora
+        rs = "both" if set(rslora) == {0, 1} else ",".join(EXPERTS[e] for e in rslora) or None
+        return {"lora_alpha": f"{alpha:g}", "lora_rslora": rs}
 
     @property
     def inputs_name(self) -> str:
@@ -56,6 +90,9 @@ class GoldenSpec:
 
 
 SPECS = (GoldenSpec("tiny-pi05", "pi05_droid"), GoldenSpec("tiny-pi0", "pi0_droid"))
+SUFFIX_STAGES = ("input/", "prefix/mask", "suffix/", "expert/", "velocity/", "actions")
+LORA_SPECS = (GoldenSpec("tiny-pi05", "pi05_droid", lora=((0, 1), 4, 8.0, (0,)), stages=SUFFIX_STAGES),)
+ALL_SPECS = SPECS + LORA_SPECS
 PRECISIONS = ("float32", "bf16")
 
 
@@ -92,6 +129,20 @@ def case_name(spec: "GoldenSpec", precision: str) -> str:
     return spec.trace_name(precision).removesuffix(".safetensors")
 
 
+def set_cases(set_dir: Path) -> list[tuple["GoldenSpec", str]]:
+    """The (spec, precision) cases a set holds (a set may hold some specs only, e.g. the LoRA ones)."""
+    return [(s, p) for s in ALL_SPECS for p in PRECISIONS if (set_dir / s.trace_name(p)).is_file()]
+
+
+def inputs_path(sets: list[Path], spec: "GoldenSpec") -> Path:
+    """The spec's inputs file: in the first set holding it (a LoRA spec shares its base variant's)."""
+    for d in sets:
+        if (d / spec.inputs_name).is_file():
+            return d / spec.inputs_name
+    raise PibridgeError(f"no golden set holds {spec.inputs_name}", f"it in one of {[d.name for d in sets]}",
+                        "run `make goldens OPENPI_SRC=...` for the base variant first")
+
+
 def spec_for(variant: str) -> GoldenSpec:
     for s in SPECS:
         if s.variant == variant:
@@ -104,9 +155,19 @@ def write_checkpoint(spec: GoldenSpec, out: Path):
     """The golden's checkpoint, written with the version-stable synth formula (returns the SynthResult)."""
     from pibridge.convert.synth import write_synthetic_checkpoint
 
+    lora = spec.lora_request()
     return write_synthetic_checkpoint(out, variant=spec.variant, seed=spec.seed, profile=spec.profile,
                                       asset_id=spec.asset_id, sharp_attention=spec.sharp_attention,
-                                      outliers=spec.outliers)
+                                      outliers=spec.outliers, lora=lora, layout="training" if lora else "released")
+
+
+def stack_params(spec: GoldenSpec, ckpt: Path):
+    """What the JAX stack runs for a golden: the tree read from the checkpoint; for a LoRA spec the opened checkpoint,
+    whose synth record carries alpha / rsLoRA (parity/stacks/jax/params.py lora_settings_for)."""
+    from pibridge.convert.reader import open_checkpoint
+
+    ck = open_checkpoint(ckpt)
+    return ck if spec.lora else ck.read_tree()
 
 
 def golden_observation(spec: GoldenSpec):

@@ -85,11 +85,13 @@ def fingerprinting(ck, fp: Fingerprint) -> SimpleNamespace:
     return SimpleNamespace(leaves=ck.leaves, read=read)
 
 
-def golden_stages(params, variant, inputs, noise, precision: str):
-    """The JAX stack on a golden case, every stage recorded; -> (actions, stages without goldens.DROPPED_STAGES)."""
+def golden_stages(params, variant, inputs, noise, precision: str, spec=None):
+    """The JAX stack on a golden case, every stage recorded; -> (actions, the stages the golden keeps: all but
+    goldens.DROPPED_STAGES, or spec.keeps(name) when a GoldenSpec is given)."""
     from pibridge.parity.goldens import DROPPED_STAGES, NUM_STEPS
     from pibridge.parity.stacks.jax import run_policy
 
     rec = StageRecorder()
     actions = run_policy(params, variant, inputs, noise, precision=precision, num_steps=NUM_STEPS, record=rec)
-    return actions, [s for s in rec if s.name not in DROPPED_STAGES]
+    keep = spec.keeps if spec is not None else (lambda n: n not in DROPPED_STAGES)
+    return actions, [s for s in rec if keep(s.name)]
