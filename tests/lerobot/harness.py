@@ -177,9 +177,9 @@ def profile_cameras(p) -> tuple[str, tuple[str, ...]]:
             tuple(c.slot for c in cams if c.empty))
 
 
-def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
+def openpi_robot_actions(ck: Path, p, obs, *, prompt: bool = True) -> np.ndarray:
     """OpenPI's Policy.infer on the JAX stack: host preprocessing (resize included), model, Unnormalize +
-    AbsoluteActions + robot outputs."""
+    AbsoluteActions + robot outputs. prompt=False: the observation without its prompt (InjectDefaultPrompt's case)."""
     from pibridge.configs import load_variant
     from pibridge.convert.detect import detect
     from pibridge.convert.reader import open_checkpoint
@@ -189,7 +189,10 @@ def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
 
     c = open_checkpoint(ck)
     stats = c.norm_stats(p.asset_id)
-    inputs = preprocess(observation_dict(obs), p, stats, load_tokenizer(TOKENIZER))
+    raw = observation_dict(obs)
+    if not prompt:
+        del raw["prompt"]
+    inputs = preprocess(raw, p, stats, load_tokenizer(TOKENIZER))
     actions = run_policy(c.read_tree(), load_variant(detect(c.leaves).variant.name), inputs, obs.noise,
                          precision="float32")
     return postprocess_actions(np.asarray(actions), inputs.state, p, stats)
