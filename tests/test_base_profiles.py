@@ -5,7 +5,7 @@ pi05_base checkpoint (scripts/serve_policy.py:60-63); pi0_base runs zero-shot on
 under the pi0_aloha "inference Aloha config" (training/config.py:561-571). The same
 synthetic checkpoint converted twice, once `--profile <config>` and once `--profile <base>` + flags, must give the
 same processors (policy_*processor.json steps and configs, their state files), config.json and weights, and OUT's
-recorded profile must serve the same client dict; the slow test shows the same robot action, OUT of each kind served
+recorded profile must serve the same client dict and metadata (ALOHA's reset_pose, by --policy-metadata); the slow test shows the same robot action, OUT of each kind served
 by `pibridge serve` to the real openpi-client, vs OpenPI's host side of the serving config on the JAX stack."""
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import harness as h  # noqa: E402
 ALOHA_CAMS = "base_0_rgb=cam_high,left_wrist_0_rgb=cam_left_wrist,right_wrist_0_rgb=cam_right_wrist"
 # (serving config, base profile, convert flags for the base that make it that config)
 ALOHA_FLAGS = ["--camera-map", ALOHA_CAMS, "--state-dim", "14", "--action-dim", "14", "--robot", "aloha",
-               "--adapt-to-pi", "--delta-action-mask", "6,-1,6,-1"]
+               "--adapt-to-pi", "--delta-action-mask", "6,-1,6,-1",
+               "--policy-metadata", '{"reset_pose": [0, -1.5, 1.5, 0, 0, 0]}']  # config.py:570 / :578
 CASES = {"pi05_aloha": ("pi05_base", ALOHA_FLAGS), "pi0_aloha": ("pi0_base", ALOHA_FLAGS)}
 # what serving reads from OUT's recorded profile (serve/policy.py client_frame, the plugin's host steps)
 SERVED_FIELDS = ("model", "action_horizon", "max_token_len", "discrete_state_input", "state_dim", "action_dim",
-                 "cameras", "delta_action_mask", "norm", "default_prompt", "adapt_to_pi", "robot")
+                 "cameras", "delta_action_mask", "norm", "default_prompt", "adapt_to_pi", "robot", "policy_metadata")
 
 
 def _convert(ck: Path, out: Path, profile: str, flags: list[str]) -> Path:
@@ -98,11 +99,23 @@ def test_base_with_serving_flags_serves_the_same_robot_action(outs, config):
     sizes = {c.slot: (224, 224) for c in p.require("cameras") if not c.empty}
     obs, _ = h.observation(work, p.model, state_dim=p.state_dim, sizes=sizes, profile=config, name=f"obs-{config}")
     expected = h.openpi_robot_actions(ck, p, obs)[0]
-    actions = {}
+    actions, metadata = {}, {}
     for name, out in (("config", want), ("base", base)):
         meta, (reply,) = h.served_replies(out, [h.client_dict(obs, p)], work / f"serve-{config}-{name}")
-        actions[name] = reply["actions"]
+        actions[name], metadata[name] = reply["actions"], meta["metadata"]
         print(f"{config}: served {out.name} vs OpenPI's host side: max-abs "
               f"{float(np.abs(reply['actions'] - expected).max()):.2e}; metadata {meta['metadata']}")
         assert float(np.abs(reply["actions"] - expected).max()) <= 1e-4
     assert np.array_equal(actions["config"], actions["base"])
+    assert metadata["config"] == metadata["base"] == p.policy_metadata == {"reset_pose": [0, -1.5, 1.5, 0, 0, 0]}
+
+
+@pytest.mark.parametrize("value, needle", [("[1, 2]", "is a list"), ("{reset", "is not JSON")])
+def test_bad_policy_metadata_exits_2(outs, tmp_path, value, needle):
+    import subprocess
+
+    ck = h.make_ckpt(outs[0], "pi05", "pi05_aloha", asset="trossen")
+    r = subprocess.run([sys.executable, "-m", "pibridge.cli", "convert", str(ck), str(tmp_path / "o"), "--allow-tiny",
+                        "--profile", "pi05_base", "--policy-metadata", value], capture_output=True, text=True,
+                       cwd=h.ROOT, timeout=120)
+    assert r.returncode == 2 and needle in r.stderr and "--policy-metadata" in r.stderr, r.stderr
