@@ -143,6 +143,7 @@ def convert(
     adapt_to_pi: Annotated[Optional[bool], typer.Option("--adapt-to-pi/--no-adapt-to-pi", help="ALOHA joint flips and gripper conversion (aloha_policy.py adapt_to_pi), as pibridge plugin steps in OUT's processors.")] = None,
     default_prompt: Annotated[Optional[str], typer.Option(help="Prompt used when an observation has none (OpenPI's InjectDefaultPrompt).")] = None,
     robot: Annotated[Optional[str], typer.Option(help="Robot family: aloha, droid, libero or none (action names for LeRobot).")] = None,
+    policy_metadata: Annotated[Optional[str], typer.Option(help="TrainConfig.policy_metadata as a JSON object, what `pibridge serve` sends first (e.g. ALOHA's '{\"reset_pose\": [0, -1.5, 1.5, 0, 0, 0]}'); for pi0_base / pi05_base served as a config that has it.")] = None,
     openpi_resize: Annotated[bool, typer.Option("--openpi-resize/--no-openpi-resize", help="OpenPI's host image resize (PIL letterbox to 224x224 on uint8, openpi-client image_tools) as a pibridge step in OUT's preprocessor, for cameras that are not 224x224 (LeRobot's own resize is torch bilinear).")] = False,
     lerobot_version: Annotated[str, typer.Option(help="Target LeRobot release: 0.5.1, 0.6.0, 0.6.1 (decides config.json fields and the transformers key layout).")] = DEFAULT_LEROBOT_VERSION,
     transformers_version: Annotated[Optional[str], typer.Option(help="Override the transformers release whose key layout is written (default: what --lerobot-version pins).")] = None,
@@ -165,7 +166,7 @@ def convert(
     overrides = {"action_horizon": action_horizon, "max_token_len": max_token_len, "state_dim": state_dim,
                  "action_dim": action_dim, "discrete_state_input": discrete_state_input,
                  "delta_action_mask": delta_action_mask, "adapt_to_pi": adapt_to_pi, "default_prompt": default_prompt,
-                 "robot": robot}
+                 "robot": robot, "policy_metadata": policy_metadata}
     run_convert(ConvertRequest(
         ckpt=ckpt, out=out, profile=profile, overrides=overrides, camera_map=",".join(camera_map) if camera_map else None,
         empty_cameras=tuple(s.strip() for s in (empty_cameras or "").split(",") if s.strip()),

@@ -90,3 +90,65 @@ def test_custom_profile_file_converts_and_out_records_it(tmp_path, capsys):
            json.loads((out / "policy_preprocessor.json").read_text())["steps"]]
     squashed = " ".join(pre).lower().replace("_", "")
     assert "defaultprompt" in squashed and "adapttopi" not in squashed and "relativeactions" in squashed, pre
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_custom_profile_file_end_to_end(tmp_path, capsys):
+    """Issue 14's acceptance: a profile file unlike every shipped one (7-dim single arm, robot none, mask (6,-1), no
+    adapt_to_pi, default prompt "do the thing"), its OpenPI side the profile itself (pibridge's OpenPI host side +
+    JAX stack): synth -> convert -> `parity run` passes by default -> `pibridge serve` (real LeRobot 0.6.1, real
+    openpi-client) replies OpenPI's robot action, with and without a prompt, to a client at 240x320 (no
+    --openpi-resize: the serve glue resizes with OpenPI's resize)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent / "lerobot"))
+    import harness as h
+
+    from pibridge.cli import main
+    from pibridge.convert.profile import load_profile, profile_names
+    from pibridge.convert.synth import write_synthetic_checkpoint
+    from pibridge.serve.server import IMAGES_BY_HOST
+
+    h.venv_python("lr-0.6.1")
+    prof = write(tmp_path, arm_profile(default_prompt="do the thing"))
+    p = load_profile(str(prof))
+    key = lambda q: (q.state_dim, q.action_dim, q.delta_action_mask, q.adapt_to_pi, q.default_prompt)  # noqa: E731
+    shipped = [load_profile(n) for n in profile_names()]
+    assert all(key(q) != key(p) and q.default_prompt != p.default_prompt for q in shipped)
+    ck, out = tmp_path / "ck", tmp_path / "out"
+    write_synthetic_checkpoint(ck, variant="tiny-pi05", profile=str(prof), asset_id="my_arm", progress=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", str(ck), str(out), "--profile", str(prof), "--allow-tiny", "--tokenizer", str(h.TOKENIZER),
+              "--camera-map", "base_0_rgb=front,left_wrist_0_rgb=wrist"])
+    assert (exc.value.code or 0) == 0, capsys.readouterr().err
+
+    report = tmp_path / "parity.json"
+    r = subprocess.run([sys.executable, "-m", "pibridge.cli", "parity", "run", "--openpi", str(ck), "--lerobot",
+                        str(out), "--json", str(report), "--summary"], capture_output=True, text=True,
+                       env=h.plugin_env(), cwd=h.ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads(report.read_text())
+    assert rep["passed"] and rep["first_diverging"] is None
+    assert "actions/robot" in {s["name"] for s in rep["stages"]}, [s["name"] for s in rep["stages"]]
+
+    sizes = {"base_0_rgb": (240, 320), "left_wrist_0_rgb": (240, 320)}
+    obs, _ = h.observation(tmp_path, "pi05", state_dim=7, sizes=sizes, profile=str(prof), name="obs-arm")
+    req = h.client_dict(obs, p)
+    assert set(req) == {"state", "images", "prompt", "noise"} and set(req["images"]) == {"front", "wrist"}
+    no_prompt = {k: v for k, v in req.items() if k != "prompt"}
+    meta, (with_p, without_p) = h.served_replies(out, [req, no_prompt], tmp_path / "serve")
+    assert meta == {"metadata": {}, "images": IMAGES_BY_HOST}
+    errs = {}
+    for name, reply, expected in (("prompt", with_p, h.openpi_robot_actions(ck, p, obs)[0]),
+                                  ("default prompt", without_p, h.openpi_robot_actions(ck, p, obs, prompt=False)[0])):
+        assert reply["actions"].shape == expected.shape == (10, 7)
+        errs[name] = float(np.abs(reply["actions"] - expected).max())
+    print(f"custom profile: parity run passed ({len(rep['stages'])} stages); served vs OpenPI's host side max-abs "
+          f"{errs}")
+    assert all(e <= 1e-4 for e in errs.values()), errs
+    assert float(np.abs(with_p["actions"] - without_p["actions"]).max()) > 1e-3  # the prompt reaches the model

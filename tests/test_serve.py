@@ -175,21 +175,6 @@ def _env() -> dict:
                 PYTHONPATH=os.pathsep.join([str(h.ROOT), str(plugin)]))
 
 
-def _wait_ready(proc, log: Path, timeout: float = 240) -> int:
-    from pibridge.serve.server import READY
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        text = log.read_text() if log.exists() else ""
-        for line in text.splitlines():
-            if line.startswith(READY):
-                return int(line.split()[4].rsplit(":", 1)[1])
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}:\n{text[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"serve not ready after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 def _readme_line(flag: str) -> list[str]:
     """README's `pibridge serve <flag> ...` line (test_readme.py parses it; it runs here: a server never exits by
     itself, so test_readme_runs.py leaves it to this file)."""
@@ -215,15 +200,6 @@ def _start(args: list[str], log: Path):
                                 env=_env(), cwd=h.ROOT)
 
 
-def _stop(proc) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """README's two serve lines through the real CLI, started together: `serve --lerobot OUT` (the LeRobot env found
@@ -238,12 +214,12 @@ def served(tmp_path_factory):
     lr = _start(_substitute(_readme_line("--lerobot"), values) + ["--max-size", "2"], work / "serve.log")
     jx = _start(_substitute(_readme_line("--openpi"), values), work / "serve-openpi.log")
     try:
-        port, openpi_port = _wait_ready(lr, work / "serve.log"), _wait_ready(jx, work / "serve-openpi.log")
+        port, openpi_port = h.wait_ready(lr, work / "serve.log"), h.wait_ready(jx, work / "serve-openpi.log")
         yield {"port": port, "proc": lr, "log": work / "serve.log", "work": work, "ckpt": ck, "out": out,
                "openpi_port": openpi_port, "openpi_proc": jx, "openpi_log": work / "serve-openpi.log"}
     finally:
-        _stop(lr)
-        _stop(jx)
+        h.stop_server(lr)
+        h.stop_server(jx)
 
 
 @pytest.fixture(scope="module")
@@ -335,6 +311,29 @@ def test_concurrent_clients_get_their_own_replies(session):
     print(f"load: {load['clients']} clients x {load['per_client']} requests in {load['seconds']:.1f} s "
           f"({len(files) / load['seconds']:.1f} replies/s); whole client session {session['wall_s']:.1f} s")
     assert load["seconds"] < 120
+
+
+def test_native_size_client_gets_openpi_actions(served):
+    """Cameras at their own sizes (CHW: cam_high 480x640 as ALOHA's, the wrists 240x320; all three at 480x640 would
+    pass this server's --max-size 2) to an OUT without --openpi-resize: the serve glue resizes with OpenPI's resize
+    (serve/policy.py; its startup line says so), so the client still gets OpenPI's action."""
+    from pibridge.serve.server import IMAGES_BY_HOST
+
+    work = served["work"] / "native"
+    work.mkdir()
+    req = _request(7)
+    rng = np.random.default_rng(7)
+    req["images"] = {c: rng.integers(0, 256, (3, 480, 640) if c == "cam_high" else (3, 240, 320), dtype=np.uint8)
+                     for c in CAMERAS}
+    (work / "req.bin").write_bytes(pack(req))
+    r = subprocess.run([str(_client_python()), str(DRIVER), "replies", str(served["port"]), str(work / "meta.json"),
+                        str(work / "req.bin"), str(work / "reply.bin")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = unpack((work / "reply.bin").read_bytes())["actions"]
+    err = float(np.abs(got - _openpi_actions(served["ckpt"], req)).max())
+    print(f"served LeRobot at 480x640 vs OpenPI host side: max-abs {err:.2e}")
+    assert err <= ROBOT_MAX_ABS, err
+    assert f"pibridge serve: images {IMAGES_BY_HOST}" in served["log"].read_text()
 
 
 @pytest.mark.parametrize("which", ["", "openpi_"])

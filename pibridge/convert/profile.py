@@ -46,6 +46,7 @@ FLAGS: dict[str, str] = {
     "adapt_to_pi": "--adapt-to-pi/--no-adapt-to-pi",
     "norm": "--norm",
     "robot": "--robot",
+    "policy_metadata": "--policy-metadata",
 }
 ROBOTS = ("aloha", "droid", "libero", "none")  # the robot transforms of policies/*_policy.py (pibridge.hostx)
 
@@ -109,6 +110,8 @@ class Profile:
             given["cameras"] = _override_cameras(self, given["cameras"])
         if "delta_action_mask" in given:
             given["delta_action_mask"] = parse_delta_mask(given["delta_action_mask"])
+        if "policy_metadata" in given:
+            given["policy_metadata"] = parse_policy_metadata(given["policy_metadata"])
         changed = tuple(k for k, v in given.items() if getattr(self, k) != v)
         new = dataclasses.replace(self, **given, overrides=tuple(dict.fromkeys(self.overrides + changed)))
         _validate(new)
@@ -259,6 +262,21 @@ def parse_delta_mask(value: Any) -> tuple[bool, ...]:
                                 fix="give run lengths: n>0 for n delta joints, -n for n absolute ones") from None
         return tuple(d > 0 for d in dims for _ in range(abs(d)))
     return tuple(bool(v) for v in value)
+
+
+def parse_policy_metadata(value: Any) -> dict[str, Any]:
+    """--policy-metadata: a JSON object (TrainConfig.policy_metadata, e.g. ALOHA's {"reset_pose": [0, -1.5, 1.5, 0,
+    0, 0]}, training/config.py:570), or a dict."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise PibridgeError(f"--policy-metadata {value!r} is not JSON ({err})", "a JSON object",
+                                "e.g. --policy-metadata '{\"reset_pose\": [0, -1.5, 1.5, 0, 0, 0]}'") from None
+    if not isinstance(value, Mapping):
+        raise PibridgeError(f"--policy-metadata is a {type(value).__name__}", "a JSON object (what OpenPI's server "
+                            "sends first)", "wrap the values in {...}")
+    return dict(value)
 
 
 def _camera(slot: str, source: str | None) -> CameraSlot:

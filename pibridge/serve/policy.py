@@ -24,16 +24,22 @@ The client dict (what OpenPI's example clients send; one home for this map: `cli
             "noise" (H, 32) or (1, H, 32) float: a pibridge extension (OpenPI's wire has no noise; its
             Policy.infer takes noise= in-process, policy.py:82-88) for replayable, deterministic replies
 
-Images: uint8, or float in [0, 1] quantized as OpenPI's robot inputs do ((255 x).astype(uint8)); CHW -> HWC; a size
-other than 224x224 gets OpenPI's own ResizeImages (PIL letterbox, openpi-client image_tools.py), which runs inside
-OpenPI's Policy and for which OUT has no processor step. The base camera is required; a missing wrist camera is a
-masked blank slot (aloha_policy.py:64-70) -- LeRobot fills an absent camera the same way. Extra keys are ignored
-(OpenPI's transforms ignore them too).
+Images: uint8, or float in [0, 1] quantized as OpenPI's robot inputs do ((255 x).astype(uint8)); CHW -> HWC. The
+base camera is required; a missing wrist camera is a masked blank slot (aloha_policy.py:64-70) -- LeRobot fills an
+absent camera the same way. Extra keys are ignored (OpenPI's transforms ignore them too).
 
-The LeRobot frame from it: observation.images.<OUT camera name> float32 (1, 3, 224, 224) = uint8 / 255,
-observation.state float32 (1, S) in the robot's own space, task [prompt] (absent when the client sends none: OUT's
-default-prompt step fills it). Every value transform (adapt_to_pi, default prompt, prompt cleaning, normalization,
-relative / absolute actions) is OUT's processor steps' job; none is done here.
+Image size (OpenPI's ResizeImages, PIL letterbox to 224x224, openpi-client image_tools.py:15-58, runs inside its
+Policy): an OUT converted with --openpi-resize has it as a preprocessor step (pibridge_openpi_resize, pibridge.json
+host_transforms.openpi_resize), so LeRobotServedPolicy passes the images at the client's size and the step resizes
+them. An OUT without that step has no OpenPI resize of its own (LeRobot's in-model one is torch bilinear on floats,
+another image): there LeRobotServedPolicy resizes on the host, the glue's one value transform, so that a client at its
+native size still gets OpenPI's pixels (`resizes_on_host`). OpenPIServedPolicy always resizes on the host, as OpenPI.
+
+The LeRobot frame from it: observation.images.<OUT camera name> float32 (1, 3, H, W) = uint8 / 255 (224x224 when the
+glue resized), observation.state float32 (1, S) in the robot's own space, task [prompt] (absent when the client
+sends none: OUT's default-prompt step fills it). Every other value transform (adapt_to_pi, default prompt, prompt
+cleaning, normalization, relative / absolute actions, and the resize on an --openpi-resize OUT) is OUT's processor
+steps' job; none is done here.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ ALOHA_CAMERAS = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")  # 
 _STATE_KEYS = {"aloha": ("state",), "none": ("state",), "libero": ("observation/state",),
                "droid": ("observation/joint_position", "observation/gripper_position")}
 NOISE_KEY = "noise"
+RESIZE_STEP = "OpenPIResizeStep"  # plugin steps.py, registry name pibridge_openpi_resize
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,8 @@ class LeRobotServedPolicy:
         self.pre, self.post = make_pre_post_processors(self.policy.config, pretrained_path=str(self.out_dir),
                                                        preprocessor_overrides=over,
                                                        postprocessor_overrides={"device_processor": {"device": "cpu"}})
+        # OUT's own OpenPI resize step (by class, as loaded: what runs, not what pibridge.json says)
+        self.resizes_on_host = not any(type(s).__name__ == RESIZE_STEP for s in self.pre.steps)
 
     @property
     def metadata(self) -> dict:
@@ -264,7 +273,8 @@ class LeRobotServedPolicy:
 
     def infer(self, obs: Mapping[str, Any], noise: np.ndarray | None = None) -> dict:
         t0 = time.monotonic()
-        frame = client_frame(obs, self.profile, self.default_prompt)
+        frame = client_frame(obs, self.profile, self.default_prompt,
+                             size=IMAGE_SIZE if self.resizes_on_host else None)
         noise = frame.noise if noise is None else _noise(noise, self.profile)
         actions = self.predict_chunk(self.frame_batch(frame), noise)
         return _timed(actions[0].detach().cpu().double().numpy(), t0)

@@ -40,6 +40,9 @@ log = logging.getLogger("pibridge.serve")
 DEFAULT_MAX_SIZE_MB = 64.0  # a request: 4 cameras of 720x1280x3 uint8 are 11 MB
 DEFAULT_QUEUE = 16
 READY = "pibridge serve: listening on"  # the line the CLI prints once the port is bound (tests wait for it)
+IMAGES_BY_STEP = "resized by OUT's pibridge_openpi_resize step (the client's size passed through)"
+IMAGES_BY_HOST = ("resized to 224x224 here with OpenPI's resize (OUT has no pibridge_openpi_resize step; "
+                  "convert with --openpi-resize to have it in OUT)")
 BAD_REQUEST, INTERNAL_ERROR = 1008, 1011  # RFC 6455 close codes: policy violation, internal error
 
 
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
 
         policy = LeRobotServedPolicy(a.lerobot, default_prompt=a.default_prompt, device=a.device,
                                      fixes=not a.no_fixes)
+        print(f"pibridge serve: images {IMAGES_BY_HOST if policy.resizes_on_host else IMAGES_BY_STEP}",
+              file=sys.stderr, flush=True)
         return serve_policy(policy, a.host, a.port, max_size_mb=a.max_size, queue_size=a.queue_size)
     except PibridgeError as err:
         print(f"pibridge: error: {err.render()}", file=sys.stderr)

@@ -6,7 +6,8 @@ lerobot_capture: `python -m pibridge.cli parity capture --stack lerobot` in a Le
 capture itself).
 robot_action_cases: the robot's action, real LeRobot on OUT (one capture_many subprocess) vs OpenPI's host side on
 the JAX stack (openpi_robot_actions), per (profile, image size, --openpi-resize) case; bench/robot_actions.py and
-tests/test_lerobot_host.py use it.
+tests/test_lerobot_host.py use it. serve_robot_action_cases: the same through `pibridge serve --lerobot OUT` queried by
+the real openpi-client (start_server / wait_ready / stop_server, client_dict, served_replies).
 """
 
 from __future__ import annotations
@@ -176,9 +177,9 @@ def profile_cameras(p) -> tuple[str, tuple[str, ...]]:
             tuple(c.slot for c in cams if c.empty))
 
 
-def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
+def openpi_robot_actions(ck: Path, p, obs, *, prompt: bool = True) -> np.ndarray:
     """OpenPI's Policy.infer on the JAX stack: host preprocessing (resize included), model, Unnormalize +
-    AbsoluteActions + robot outputs."""
+    AbsoluteActions + robot outputs. prompt=False: the observation without its prompt (InjectDefaultPrompt's case)."""
     from pibridge.configs import load_variant
     from pibridge.convert.detect import detect
     from pibridge.convert.reader import open_checkpoint
@@ -188,28 +189,25 @@ def openpi_robot_actions(ck: Path, p, obs) -> np.ndarray:
 
     c = open_checkpoint(ck)
     stats = c.norm_stats(p.asset_id)
-    inputs = preprocess(observation_dict(obs), p, stats, load_tokenizer(TOKENIZER))
+    raw = observation_dict(obs)
+    if not prompt:
+        del raw["prompt"]
+    inputs = preprocess(raw, p, stats, load_tokenizer(TOKENIZER))
     actions = run_policy(c.read_tree(), load_variant(detect(c.leaves).variant.name), inputs, obs.noise,
                          precision="float32")
     return postprocess_actions(np.asarray(actions), inputs.state, p, stats)
 
 
-def robot_action_cases(work: Path, cases, timeout: int = 1800) -> list[dict]:
-    """cases: (profile, (H, W) or None for 224x224, openpi_resize). Each: a tiny float32 OUT (LeRobot 0.6.1) with
-    OUT's defaults (plus --openpi-resize if asked), one observation with every camera at that size, the robot's
-    action from the real LeRobot (all cases in one subprocess) and from OpenPI's host side on the JAX stack, same
-    observation and noise. -> per case {profile, size, openpi_resize, max_abs, unnormalized_gap, shape, seconds}."""
-    import time
-
+def _case_setups(work: Path, cases) -> list[tuple]:
+    """Per case (profile, (H, W) or None, openpi_resize): a tiny float32 OUT (LeRobot 0.6.1) with OUT's defaults
+    (plus --openpi-resize if asked) and one observation with every camera at that size.
+    -> [(profile, ckpt, out, obs, obs_path, (H, W), resize)]."""
     from pibridge.convert.profile import load_profile
-    from pibridge.parity import stages as st
-    from pibridge.parity.trace import read_trace
 
-    py = venv_python("lr-0.6.1")
-    setups, argv = [], [str(py), str(CAPTURE_MANY)]
+    setups = []
     for profile, size, resize in cases:
         p = load_profile(profile)
-        cams, empty = profile_cameras(p)
+        cams, _ = profile_cameras(p)
         ck = make_ckpt(work, p.model, profile, asset=p.asset_id)
         out = make_tiny_out(work, p.model, "0.6.1", "float32", profile=profile, camera_map=cams, ckpt=ck,
                             openpi_resize=resize)
@@ -217,7 +215,23 @@ def robot_action_cases(work: Path, cases, timeout: int = 1800) -> list[dict]:
         sizes = {c.slot: (h, w) for c in p.require("cameras") if not c.empty}
         obs, path = observation(work, p.model, state_dim=p.state_dim, sizes=sizes, profile=profile,
                                 name=f"obs-{profile}-{h}x{w}")
-        trace = work / f"lr-{profile}-{h}x{w}{'-resize' if resize else ''}.safetensors"
+        setups.append((p, ck, out, obs, path, (h, w), resize))
+    return setups
+
+
+def robot_action_cases(work: Path, cases, timeout: int = 1800) -> list[dict]:
+    """cases: (profile, (H, W) or None for 224x224, openpi_resize) (_case_setups). The robot's action from the real
+    LeRobot (all cases in one subprocess) and from OpenPI's host side on the JAX stack, same observation and noise.
+    -> per case {profile, size, openpi_resize, max_abs, unnormalized_gap, shape, openpi_s, lerobot_s}."""
+    import time
+
+    from pibridge.parity import stages as st
+    from pibridge.parity.trace import read_trace
+
+    py = venv_python("lr-0.6.1")
+    setups, argv = [], [str(py), str(CAPTURE_MANY)]
+    for p, ck, out, obs, path, (h, w), resize in _case_setups(work, cases):
+        trace = work / f"lr-{p.name}-{h}x{w}{'-resize' if resize else ''}.safetensors"
         setups.append((p, ck, obs, trace, (h, w), resize))
         argv += [str(out), str(path), str(trace)]
     t0 = time.perf_counter()
@@ -235,4 +249,120 @@ def robot_action_cases(work: Path, cases, timeout: int = 1800) -> list[dict]:
                         "max_abs": float(np.abs(got - expected).max()),
                         "unnormalized_gap": float(np.abs(lr[st.ACTIONS_UNNORMALIZED].value - expected).max()),
                         "openpi_s": time.perf_counter() - t0, "lerobot_s": lerobot_s / len(setups)})
+    return results
+
+
+# ------------------------------------------------------------------ the robot's action through `pibridge serve`
+DRIVER = ROOT / "tests" / "openpi_client" / "driver.py"
+
+
+def client_dict(obs, p) -> dict:
+    """Sample 0 of an Observation as the raw request OpenPI's example client for p.robot sends (the inverse of
+    serve/policy.py's key / layout map, written out here independently): ALOHA "state" + "images" {camera: (3, H, W)}
+    (aloha_real/env.py:35-53), DROID "observation/joint_position" (7,) + "observation/gripper_position" (1,) + HWC
+    images under their keys (droid main.py), LIBERO "observation/state" + HWC images (libero main.py), robot none
+    "state" + "images" {camera: HWC}; the prompt; the noise (H, 32) (pibridge's extension). State float64."""
+    state = np.asarray(obs.state[0], np.float64)
+    robot = p.robot or "none"
+    d: dict = {"prompt": obs.prompts[0], "noise": np.asarray(obs.noise[0], np.float32)}
+    if robot == "droid":
+        d["observation/joint_position"], d["observation/gripper_position"] = state[:7], state[7:8]
+    else:
+        d["observation/state" if robot == "libero" else "state"] = state
+    images = {c.source: obs.images[c.slot][0] for c in p.require("cameras") if not c.empty}
+    if robot == "aloha":
+        d["images"] = {k: np.ascontiguousarray(np.transpose(v, (2, 0, 1))) for k, v in images.items()}
+    elif robot == "none":
+        d["images"] = images
+    else:
+        d.update(images)
+    return d
+
+
+def start_server(args: list[str], log: Path):
+    """`python -m pibridge.cli serve ARGS` (this venv; --lerobot finds .venvs/lr-0.6.1 by itself), output to log."""
+    import sys
+
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "pibridge.cli", "serve", *args], stdout=f,
+                                stderr=subprocess.STDOUT, env=plugin_env(), cwd=ROOT)
+
+
+def wait_ready(proc, log: Path, timeout: float = 300) -> int:
+    """The port from serve's READY line; AssertionError with the log when it exits or times out first."""
+    import time
+
+    from pibridge.serve.server import READY
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        text = log.read_text() if log.exists() else ""
+        for line in text.splitlines():
+            if line.startswith(READY):
+                return int(line.split()[4].rsplit(":", 1)[1])
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}:\n{text[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"serve not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(proc) -> None:
+    if proc.poll() is None:
+        import signal
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def served_replies(out: Path, requests: list[dict], work: Path, extra: tuple[str, ...] = ()) -> tuple[dict, list]:
+    """`pibridge serve --lerobot OUT --port 0` (plus extra args), queried by the REAL openpi-client
+    (WebsocketClientPolicy in .venvs/openpi-client, driver.py replies) with each request;
+    -> ({"metadata": the server's metadata frame, "images": serve's line on who resizes}, replies)."""
+    import json
+
+    from pibridge.serve.wire import pack, unpack
+
+    client = venv_python("openpi-client")
+    work.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i, req in enumerate(requests):
+        (work / f"req-{i}.bin").write_bytes(pack(req))
+        pairs += [str(work / f"req-{i}.bin"), str(work / f"reply-{i}.bin")]
+    proc = start_server(["--lerobot", str(out), "--port", "0", *extra], work / "serve.log")
+    try:
+        port = wait_ready(proc, work / "serve.log")
+        r = subprocess.run([str(client), str(DRIVER), "replies", str(port), str(work / "metadata.json"), *pairs],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
+    finally:
+        stop_server(proc)
+    log = (work / "serve.log").read_text()
+    meta = {"metadata": json.loads((work / "metadata.json").read_text()),
+            "images": next((x.split("images ", 1)[1] for x in log.splitlines() if x.startswith("pibridge serve: images ")),
+                           None)}
+    return meta, [unpack((work / f"reply-{i}.bin").read_bytes()) for i in range(len(requests))]
+
+
+def serve_robot_action_cases(work: Path, cases) -> list[dict]:
+    """As robot_action_cases, through `pibridge serve`: one server per OUT (real LeRobot 0.6.1), queried by the real
+    openpi-client with the raw client dict (client_dict) and noise; vs OpenPI's host side on the JAX stack.
+    -> per case {profile, size, openpi_resize, max_abs, shape, metadata, images (serve's line), serve_s}."""
+    import time
+
+    results = []
+    for p, ck, out, obs, _, (h, w), resize in _case_setups(work, cases):
+        t0 = time.perf_counter()
+        meta, (reply,) = served_replies(out, [client_dict(obs, p)],
+                                        work / f"serve-{p.name}-{h}x{w}{'-resize' if resize else ''}")
+        serve_s = time.perf_counter() - t0
+        got, expected = reply["actions"], openpi_robot_actions(ck, p, obs)[0]
+        assert got.dtype == np.float64 and got.shape == expected.shape == (p.action_horizon, p.action_dim), \
+            (got.dtype, got.shape, expected.shape)
+        results.append({"profile": p.name, "size": (h, w), "openpi_resize": resize, "shape": tuple(got.shape),
+                        "max_abs": float(np.abs(got - expected).max()), "metadata": meta["metadata"],
+                        "images": meta["images"], "serve_s": serve_s})
     return results

@@ -4,6 +4,8 @@ msgpack_numpy), replies are written back the same way (packed by openpi_client's
 
     driver.py golden CODE_FILE OUT_DIR          pack the objects CODE_FILE builds with openpi_client.msgpack_numpy
     driver.py session PORT WORK N_REQ OPENPI_PORT   the whole client session of tests/test_serve.py (see session())
+    driver.py replies PORT META_JSON REQ REPLY [REQ REPLY ...]   one WebsocketClientPolicy: the server's metadata to
+                                                META_JSON, then each request file's reply (tests/lerobot/harness.py)
 """
 
 from __future__ import annotations
@@ -110,5 +112,12 @@ def session(port: str, work: str, n_req: str, openpi_port: str) -> None:
     (work / "session.json").write_text(json.dumps(out, indent=1))
 
 
+def replies(port: str, meta_json: str, *pairs: str) -> None:
+    pol = WebsocketClientPolicy("127.0.0.1", int(port))
+    Path(meta_json).write_text(json.dumps(pol.get_server_metadata()))
+    for req, reply in zip(pairs[::2], pairs[1::2]):
+        Path(reply).write_bytes(msgpack_numpy.packb(pol.infer(msgpack_numpy.unpackb(Path(req).read_bytes()))))
+
+
 if __name__ == "__main__":
-    {"golden": golden, "session": session}[sys.argv[1]](*sys.argv[2:])
+    {"golden": golden, "session": session, "replies": replies}[sys.argv[1]](*sys.argv[2:])
