@@ -98,11 +98,17 @@ def _serve_lerobot(r: ServeRequest) -> int:
     try:
         return proc.wait()
     except BaseException:  # Ctrl-C / SIGTERM here (the CLI's handler): stop the server the same way, then go on
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_server(proc, timeout=20)
         raise
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server process as Ctrl-C does (SIGINT: it closes its connections and exits 130); kill it after
+    `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -307,15 +307,9 @@ def wait_ready(proc, log: Path, timeout: float = 300) -> int:
 
 
 def stop_server(proc) -> None:
-    if proc.poll() is None:
-        import signal
+    from pibridge.serve.command import stop_server as stop
 
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout=30)
 
 
 def served_replies(out: Path, requests: list[dict], work: Path, extra: tuple[str, ...] = ()) -> tuple[dict, list]:

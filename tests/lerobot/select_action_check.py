@@ -2,7 +2,7 @@
 PI05Policy / PI0Policy.from_pretrained + make_pre_post_processors), then select_action run for two ticks on a
 random frame. One JSON line per OUT: {"out", "plugin" (the plugin module's file), "stderr": [text printed on stderr
 during tick 1, tick 2], "action": the postprocessed first action}.   python select_action_check.py OUT...
-(tiny variants: pibridge.parity.lerobot_tiny is applied first.)"""
+(tiny variants: pibridge.parity.stacks.lerobot.tiny is applied first.)"""
 
 import contextlib
 import io
@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from pibridge.parity.lerobot_tiny import apply
+from pibridge.parity.stacks.lerobot.tiny import apply
 
 apply()
 from lerobot.policies.factory import make_pre_post_processors  # noqa: E402
