@@ -71,22 +71,24 @@ def after_load(policy, out: Path):
         fixes = apply_runtime_fixes(policy, runtime_dtype=policy.config.dtype, lerobot_version=md.version("lerobot"))
     policy.pibridge_fixes = fixes
     log.info("pibridge: %s loaded (%d tensors checked), runtime fixes %s", out, check.keys, fixes)
-    keep_openpi_mask(policy.config, out)
-    warn_delta_select_action(policy, out)
+    from pibridge.provenance import load_provenance
+
+    host = load_provenance(out).get("host_transforms") or {}  # read once for both
+    keep_openpi_mask(policy.config, out, host)
+    warn_delta_select_action(policy, out, host)
     return policy
 
 
-def keep_openpi_mask(config, out: Path) -> bool:
+def keep_openpi_mask(config, out: Path, host: dict) -> bool:
     """LeRobot's make_policy overwrites config.action_feature_names with a dataset's action names (policies/
     factory.py:308-312, before from_pretrained), and lerobot-train builds the relative-actions step from them
     (scripts/lerobot_train.py:377-382), so a dataset whose names lack "gripper" would convert the grippers too. When
     the config's names / exclude_joints give another mask than OpenPI's (pibridge.json host_transforms), put OUT's
     recorded names and exclude token back and print a WARNING on stderr; returns whether it did. Names that give
-    OpenPI's mask are kept (the dataset's order and names then reach the saved config)."""
+    OpenPI's mask are kept (the dataset's order and names then reach the saved config). host: pibridge.json's
+    host_transforms."""
     from pibridge.hostx import EXCLUDE_TOKEN, lerobot_relative_mask
-    from pibridge.provenance import load_provenance
 
-    host = load_provenance(out).get("host_transforms") or {}
     mask, recorded = list(host.get("delta_action_mask") or []), host.get("action_feature_names")
     if not any(mask) or not recorded or not hasattr(config, "action_feature_names"):
         return False
@@ -106,13 +108,10 @@ def keep_openpi_mask(config, out: Path) -> bool:
     return True
 
 
-def warn_delta_select_action(policy, out: Path) -> None:
+def warn_delta_select_action(policy, out: Path, host: dict) -> None:
     """Wrap policy.select_action (instance attribute) so that its first call prints a WARNING on stderr when OUT's
     actions are deltas; predict_action_chunk + the postprocessor over the chunk (what OpenPI's Policy does) stays
-    silent."""
-    from pibridge.provenance import load_provenance
-
-    host = load_provenance(out).get("host_transforms") or {}
+    silent. host: pibridge.json's host_transforms."""
     mask = host.get("delta_action_mask") or []
     if not any(mask) or getattr(policy.select_action, "_pibridge_delta_warning", False):
         return
